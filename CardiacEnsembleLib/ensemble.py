@@ -1,0 +1,174 @@
+"""Members + a fusion rule + weights: `Ensemble.predict(case) -> Prediction`.
+
+Members whose preprocessing specs agree share one preprocessing pass; every member's
+probabilities go back to the case's own grid on the device, and fusion runs there too, so the
+only host copies are the final label maps.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .case import Case, MemberOutput, Prediction
+from .fusion import FUSION_RULES, fuse
+from .inference import CancelToken, Progress, pick_device, predict_slices
+from .members import Member, MemberError, load_member
+from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities
+
+MANIFEST_FILE = "manifest.json"
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass
+class Ensemble:
+    members: list[Member]
+    fusion: str = "mean"
+    weights: Optional[list[float]] = None  # one per member; used by the "weighted" rule
+    tta: bool = False
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("an ensemble needs at least one member")
+        if self.fusion not in FUSION_RULES:
+            raise ValueError(f"unknown fusion rule {self.fusion!r}; choose one of "
+                             f"{', '.join(FUSION_RULES)}")
+        if self.weights is not None and len(self.weights) != len(self.members):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        names = [m.name for m in self.members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.members]
+
+    def subset(self, names: Sequence[str]) -> "Ensemble":
+        """The same ensemble restricted to some members (weights follow their members)."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise ValueError(f"no member(s) {unknown}; this ensemble has {self.names}")
+        keep = [self.names.index(n) for n in names]
+        weights = None if self.weights is None else [self.weights[i] for i in keep]
+        return Ensemble([self.members[i] for i in keep], self.fusion, weights, self.tta,
+                        self.device, self.description)
+
+    def member_probabilities(self, case: Case, progress: Optional[Progress] = None,
+                             cancel: Optional[CancelToken] = None,
+                             timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
+        """(M, C, Z, Y, X) float32 probabilities on the case grid, and seconds per member."""
+        timings = {} if timings is None else timings
+        volume = torch.from_numpy(case.image).to(self.device)
+        prepared: dict[PreprocessSpec, tuple] = {}
+        per_member, seconds = [], []
+        total = len(self.members) * case.image.shape[0]
+        for index, member in enumerate(self.members):
+            started = time.perf_counter()
+            spec = member.spec.preprocess
+            if spec not in prepared:
+                t0 = time.perf_counter()
+                prepared[spec] = prepare_slices(volume, case.spacing_zyx, spec)
+                timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
+            slices, grid = prepared[spec]
+
+            def report(done, _total, _label, offset=index * case.image.shape[0]):
+                if progress is not None:
+                    progress(offset + done, total, f"{member.name}")
+
+            probabilities = predict_slices(member.network, slices, tta=self.tta,
+                                           progress=report, cancel=cancel, label=member.name)
+            restored = restore_probabilities(probabilities, grid)  # (Z, C, Y, X)
+            per_member.append(restored.permute(1, 0, 2, 3))
+            _synchronize(self.device)
+            seconds.append(time.perf_counter() - started)
+        return torch.stack(per_member), seconds
+
+    def predict(self, case: Case, *, progress: Optional[Progress] = None,
+                cancel: Optional[CancelToken] = None, keep_member_probabilities: bool = False,
+                fusion: Optional[str] = None) -> Prediction:
+        """Segment one frame. `fusion` overrides the ensemble's rule for this call."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        member_probs, seconds = self.member_probabilities(case, progress, cancel, timings)
+        prediction = self.fuse(case, member_probs, seconds, fusion or self.fusion,
+                               keep_member_probabilities, timings)
+        prediction.timings["total"] = time.perf_counter() - started
+        return prediction
+
+    def fuse(self, case: Case, member_probs: torch.Tensor, seconds: Sequence[float],
+             rule: str, keep_member_probabilities: bool = False,
+             timings: Optional[dict] = None) -> Prediction:
+        """Turn member probabilities into a Prediction with one rule; evaluation calls this
+        once per rule on the same member outputs instead of re-running the networks."""
+        timings = dict(timings or {})
+        timings["members"] = float(sum(seconds))
+        t0 = time.perf_counter()
+        result = fuse(rule, member_probs, self.weights if rule == "weighted" else None)
+        member_labels = member_probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        timings["fusion"] = time.perf_counter() - t0
+        members = [MemberOutput(m.name, member_labels[i], float(seconds[i]),
+                                member_probs[i].cpu().numpy() if keep_member_probabilities
+                                else None) for i, m in enumerate(self.members)]
+        probabilities = None if result.probabilities is None else \
+            result.probabilities.float().cpu().numpy()
+        return Prediction(labels=np.asarray(result.labels, dtype=np.uint8),
+                          probabilities=probabilities, members=members,
+                          uncertainty=result.uncertainty.float().cpu().numpy(),
+                          disagreement=result.disagreement.float().cpu().numpy(),
+                          geometry=case.geometry, fusion=rule, device=str(self.device),
+                          timings=timings, case_name=case.name)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> dict:
+    models_dir = Path(models_dir)
+    path = models_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise MemberError(f"{models_dir}: no {MANIFEST_FILE} (the list of ensemble members)")
+    manifest = json.loads(path.read_text())
+    if not manifest.get("members"):
+        raise MemberError(f"{path}: lists no members")
+    return manifest
+
+
+def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
+                  members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
+                  device: str = "auto", tta: bool = False) -> Ensemble:
+    """Load the ensemble a manifest describes (by default the one shipped with the package).
+
+    Every member is verified (sha256 against the manifest and its own spec) before loading.
+    """
+    models_dir = Path(models_dir)
+    manifest = read_manifest(models_dir)
+    torch_device = pick_device(device)
+    entries = manifest["members"]
+    if members is not None:
+        by_name = {e["name"]: e for e in entries}
+        unknown = [n for n in members if n not in by_name]
+        if unknown:
+            raise MemberError(f"{models_dir / MANIFEST_FILE}: no member(s) named {unknown}; "
+                              f"available: {sorted(by_name)}")
+        entries = [by_name[n] for n in members]
+    loaded = []
+    for entry in entries:
+        member = load_member(models_dir / entry["folder"], torch_device)
+        if entry.get("sha256") and entry["sha256"] != member.spec.weights_sha256:
+            raise MemberError(f"{models_dir / MANIFEST_FILE}: sha256 of member "
+                              f"{entry['name']!r} differs from its folder's spec")
+        loaded.append(member)
+    weights_by_name = manifest.get("weights") or {}
+    weights = [float(weights_by_name[m.name]) for m in loaded] \
+        if all(m.name in weights_by_name for m in loaded) and weights_by_name else None
+    rule = fusion or manifest.get("fusion", "mean")
+    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""))

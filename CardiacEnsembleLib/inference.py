@@ -1,0 +1,88 @@
+"""Run one network over all slices of a volume: batched, on the GPU when there is one.
+
+The slices of a volume go through the network as batches (never a Python loop per slice), under
+`torch.inference_mode`, with bf16 autocast on CUDA. Long work reports `progress(done, total,
+message)` and checks a `CancelToken` between batches, so a Cancel stops within one batch.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable, Optional
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+class Cancelled(Exception):
+    """The user cancelled; partial results are discarded, nothing is written."""
+
+
+class CancelToken:
+    """Thread-safe flag a UI (or Ctrl-C handler) sets and the inference loop checks."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("cancelled by the user")
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    """'auto' -> CUDA when available, else CPU (said once in the log, not silently)."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.info("no CUDA GPU found: running on the CPU (%d threads)", torch.get_num_threads())
+        return torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but torch sees no CUDA GPU "
+                           f"(torch {torch.__version__}); use --device cpu or auto")
+    return device
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 64 if device.type == "cuda" else 16
+
+
+def predict_slices(network: torch.nn.Module, slices: torch.Tensor, *, tta: bool = False,
+                   batch_size: Optional[int] = None, progress: Optional[Progress] = None,
+                   cancel: Optional[CancelToken] = None, label: str = "") -> torch.Tensor:
+    """(N, 1, H, W) normalised slices -> (N, C, H, W) float32 softmax probabilities.
+
+    `tta` averages the softmax of the slice and its left-right and up-down flips: a cheap,
+    well-known gain in boundary accuracy, at three times the network cost.
+    """
+    device = slices.device
+    batch_size = batch_size or default_batch_size(device)
+    use_autocast = device.type == "cuda"
+    outputs = []
+    total = slices.shape[0]
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
+                                                 enabled=use_autocast):
+        for start in range(0, total, batch_size):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            batch = slices[start:start + batch_size].contiguous(memory_format=torch.channels_last)
+            probabilities = torch.softmax(network(batch).float(), dim=1)
+            if tta:
+                for dims in ((-1,), (-2,)):
+                    flipped = network(torch.flip(batch, dims)).float()
+                    probabilities += torch.flip(torch.softmax(flipped, dim=1), dims)
+                probabilities /= 3.0
+            outputs.append(probabilities)
+            if progress is not None:
+                progress(min(start + batch_size, total), total, label)
+    return torch.cat(outputs, dim=0)

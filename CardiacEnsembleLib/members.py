@@ -1,0 +1,176 @@
+"""A member = an smp network + the preprocessing it was trained with, stored as data.
+
+On disk a member is a folder: smp's `save_pretrained` output (`config.json`,
+`model.safetensors`) plus `member.json`, our spec: architecture, encoder, classes and label
+names, preprocessing, how it was trained (data, split, patients), its metrics, and the sha256
+of the weights. Never a pickled Python object: a folder can be inspected, verified and loaded by
+any smp version that knows the architecture.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .case import LABEL_NAMES, NUM_CLASSES
+from .preprocess import PreprocessSpec
+
+SPEC_FILE = "member.json"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SPEC_VERSION = 1
+
+
+class MemberError(ValueError):
+    """A member folder that cannot be trusted or loaded; the message says which file and why."""
+
+
+@dataclass
+class MemberSpec:
+    name: str
+    arch: str  # smp architecture, e.g. "Unet", "Linknet", "FPN", "DeepLabV3Plus"
+    encoder: str  # smp encoder, e.g. "resnet18"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. decoder_channels
+    classes: int = NUM_CLASSES
+    label_names: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
+    preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
+    training: dict[str, Any] = field(default_factory=dict)  # data, split, patients, epochs, ...
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation (and later test) scores
+    weights_sha256: str = ""
+    weights_dtype: str = "float32"
+    version: str = "0"
+    spec_version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "member spec") -> "MemberSpec":
+        missing = [key for key in ("name", "arch", "encoder") if key not in data]
+        if missing:
+            raise MemberError(f"{where}: missing field(s) {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise MemberError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        values = dict(data)
+        values["preprocess"] = PreprocessSpec.from_dict(data.get("preprocess", {}))
+        return cls(**values)
+
+
+def create_network(spec: MemberSpec) -> torch.nn.Module:
+    """A fresh, untrained network for a spec (no downloads: encoder_weights=None)."""
+    import segmentation_models_pytorch as smp
+
+    try:
+        return smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=None,
+                                in_channels=1, classes=spec.classes, **spec.model_kwargs)
+    except (KeyError, ValueError, TypeError) as error:
+        raise MemberError(f"member {spec.name!r}: smp cannot build arch={spec.arch!r} "
+                          f"encoder={spec.encoder!r} {spec.model_kwargs}: {error}") from error
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Member:
+    spec: MemberSpec
+    network: torch.nn.Module
+    folder: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def save_member(network: torch.nn.Module, spec: MemberSpec, folder: Path | str, *,
+                half: bool = False, overwrite: bool = False) -> Member:
+    """Write a member folder; `half` stores fp16 weights (half the size, same predictions to
+    within fp16 rounding). Refuses to replace an existing member unless `overwrite`."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not overwrite:
+        raise FileExistsError(f"{folder}: already holds files; refusing to overwrite a member "
+                              f"(pass overwrite=True)")
+    staging = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    to_save = network
+    if half:
+        import copy
+        to_save = copy.deepcopy(network).half()
+    to_save.save_pretrained(str(staging))
+    (staging / "README.md").unlink(missing_ok=True)  # hub model card; our spec replaces it
+    spec.weights_sha256 = sha256_of(staging / WEIGHTS_FILE)
+    spec.weights_dtype = "float16" if half else "float32"
+    (staging / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=1) + "\n")
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return Member(spec, network, folder)
+
+
+def read_spec(folder: Path | str) -> MemberSpec:
+    folder = Path(folder)
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        raise MemberError(f"{folder}: not a member folder (no {SPEC_FILE})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MemberError(f"{path}: not valid JSON ({error})") from error
+    return MemberSpec.from_dict(data, where=str(path))
+
+
+def verify_member(folder: Path | str) -> MemberSpec:
+    """Check a member folder without loading the network: files present, sha256, config.
+
+    Why before loading: a swapped or truncated weights file must never produce a segmentation.
+    """
+    folder = Path(folder)
+    spec = read_spec(folder)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (folder / name).is_file():
+            raise MemberError(f"{folder}: missing {name}")
+    actual = sha256_of(folder / WEIGHTS_FILE)
+    if actual != spec.weights_sha256:
+        raise MemberError(f"{folder / WEIGHTS_FILE}: sha256 {actual[:12]}... does not match "
+                          f"{SPEC_FILE} ({spec.weights_sha256[:12] or 'empty'}...): the weights "
+                          f"are not the ones this spec describes")
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    expected = {"_model_class": spec.arch, "encoder_name": spec.encoder, "classes": spec.classes,
+                "in_channels": 1}
+    wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
+    if wrong:
+        details = ", ".join(f"{k}: config {a!r} vs spec {b!r}" for k, (a, b) in wrong.items())
+        raise MemberError(f"{folder / CONFIG_FILE}: does not match {SPEC_FILE} ({details})")
+    if len(spec.label_names) != spec.classes:
+        raise MemberError(f"{folder / SPEC_FILE}: {len(spec.label_names)} label names for "
+                          f"{spec.classes} classes")
+    return spec
+
+
+def load_member(folder: Path | str, device: str | torch.device = "cpu") -> Member:
+    """Verify, then load a member for inference (eval mode, float32 weights on `device`)."""
+    import segmentation_models_pytorch as smp
+
+    folder = Path(folder)
+    spec = verify_member(folder)
+    try:
+        network = smp.from_pretrained(str(folder))
+    except RuntimeError as error:  # state-dict keys or shapes disagree with config.json
+        raise MemberError(f"{folder / WEIGHTS_FILE}: weights do not fit the network in "
+                          f"{CONFIG_FILE}: {str(error).splitlines()[0]}") from error
+    network = network.float().eval().to(device)
+    return Member(spec, network, folder)

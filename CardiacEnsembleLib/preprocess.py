@@ -1,0 +1,125 @@
+"""Slice preprocessing for 2D members, and its exact inverse back to the case's own grid.
+
+Steps, all batched over the slices of a volume in torch (so they run on the GPU when there is
+one, and never in a Python loop per slice):
+
+1. intensity: clip to volume percentiles, then z-score (robust to the bright fat and blood-pool
+   outliers of cine MRI, and independent of scanner scaling);
+2. in-plane resampling to the member's spacing (slices stay slices: ACDC's 5-10 mm slice gap
+   makes 3D resampling pointless for a 2D network);
+3. crop/pad to a size the encoder accepts (a multiple of 32).
+
+`SliceGrid` records what 2 and 3 did, so `restore` puts probabilities back on the original grid:
+shape exact, geometry untouched (the Case keeps it), values interpolated.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a member was trained with; saved in its spec so inference repeats it exactly."""
+
+    spacing_mm: float | None = 1.5  # in-plane target spacing; None keeps the native spacing
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    size_multiple: int = 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        return cls(spacing_mm=data.get("spacing_mm"),
+                   clip_percentiles=tuple(data.get("clip_percentiles", (0.5, 99.5))),
+                   size_multiple=int(data.get("size_multiple", 32)))
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """How slices went from the original (H, W) to the network's (H', W')."""
+
+    original_hw: tuple[int, int]
+    resampled_hw: tuple[int, int]
+    offsets: tuple[int, int]  # where the resampled slice starts inside the network input
+    network_hw: tuple[int, int]
+
+
+def normalize_intensity(volume: torch.Tensor, clip_percentiles=(0.5, 99.5)) -> torch.Tensor:
+    """Percentile clip + z-score over the whole volume (all slices share one scale)."""
+    flat = volume.reshape(-1).float()
+    if flat.numel() > 4_000_000:  # torch.quantile's limit is 16M; a subsample is plenty
+        flat = flat[:: math.ceil(flat.numel() / 4_000_000)]
+    low, high = torch.quantile(flat, torch.tensor(clip_percentiles, device=flat.device) / 100.0)
+    clipped = volume.float().clamp(low, high)
+    std = clipped.std()
+    return (clipped - clipped.mean()) / (std if std > 1e-6 else 1.0)
+
+
+def resampled_size(hw: tuple[int, int], spacing_yx: tuple[float, float],
+                   target_mm: float | None) -> tuple[int, int]:
+    if target_mm is None:
+        return (int(hw[0]), int(hw[1]))
+    return tuple(max(1, int(round(n * s / target_mm))) for n, s in zip(hw, spacing_yx))
+
+
+def resample_slices(slices: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, *size). 'bilinear' for images/probabilities, 'nearest' for labels."""
+    if tuple(slices.shape[-2:]) == tuple(size):
+        return slices
+    if mode == "nearest":
+        return F.interpolate(slices, size=size, mode="nearest-exact")
+    return F.interpolate(slices, size=size, mode=mode, align_corners=False)
+
+
+def crop_or_pad(slices: torch.Tensor, target_hw: tuple[int, int], fill: float = 0.0,
+                offsets: tuple[int, int] | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Place (N, C, h, w) slices centred (or at `offsets`) in a (target_h, target_w) canvas.
+
+    Offsets may be negative (the slice is larger than the canvas and gets cropped). Returns the
+    canvas and the offsets, which `uncrop` needs to undo this exactly.
+    """
+    h, w = slices.shape[-2:]
+    th, tw = target_hw
+    oy, ox = offsets if offsets is not None else ((th - h) // 2, (tw - w) // 2)
+    canvas = slices.new_full((*slices.shape[:-2], th, tw), fill)
+    src_y0, dst_y0 = max(0, -oy), max(0, oy)
+    src_x0, dst_x0 = max(0, -ox), max(0, ox)
+    ny, nx = min(h - src_y0, th - dst_y0), min(w - src_x0, tw - dst_x0)
+    if ny > 0 and nx > 0:
+        canvas[..., dst_y0:dst_y0 + ny, dst_x0:dst_x0 + nx] = \
+            slices[..., src_y0:src_y0 + ny, src_x0:src_x0 + nx]
+    return canvas, (oy, ox)
+
+
+def uncrop(canvas: torch.Tensor, original_hw: tuple[int, int], offsets: tuple[int, int],
+           fill: float = 0.0) -> torch.Tensor:
+    """Inverse of `crop_or_pad`: cut the slice back out; parts that were cropped get `fill`."""
+    restored, _ = crop_or_pad(canvas, original_hw, fill, offsets=(-offsets[0], -offsets[1]))
+    return restored
+
+
+def padded_size(hw: tuple[int, int], multiple: int) -> tuple[int, int]:
+    return tuple(int(math.ceil(n / multiple) * multiple) for n in hw)
+
+
+def prepare_slices(volume: torch.Tensor, spacing_zyx, spec: PreprocessSpec
+                   ) -> tuple[torch.Tensor, SliceGrid]:
+    """(Z, Y, X) volume -> (Z, 1, H', W') normalised network input and the grid to undo it."""
+    original_hw = (int(volume.shape[-2]), int(volume.shape[-1]))
+    normalised = normalize_intensity(volume, spec.clip_percentiles)[:, None]
+    size = resampled_size(original_hw, (spacing_zyx[1], spacing_zyx[2]), spec.spacing_mm)
+    resampled = resample_slices(normalised, size, "bilinear")
+    network_hw = padded_size(size, spec.size_multiple)
+    padded, offsets = crop_or_pad(resampled, network_hw, fill=float(resampled.min()))
+    return padded, SliceGrid(original_hw, size, offsets, network_hw)
+
+
+def restore_probabilities(probabilities: torch.Tensor, grid: SliceGrid) -> torch.Tensor:
+    """(Z, C, H', W') network probabilities -> (Z, C, H, W) on the case's original slice grid."""
+    cropped = uncrop(probabilities, grid.resampled_hw, grid.offsets)
+    return resample_slices(cropped, grid.original_hw, "bilinear")

@@ -1,0 +1,32 @@
+"""The member zoo as data: which networks we train, and how.
+
+Four different smp architectures on light encoders, so that they make different mistakes (the
+point of an ensemble) while all four together stay under 20 M parameters: 40 MB in fp16, the
+shipping budget, and fast enough for a 2-core CPU.
+"""
+from __future__ import annotations
+
+from .members import MemberSpec
+from .preprocess import PreprocessSpec
+
+PREPROCESS = PreprocessSpec(spacing_mm=1.5, clip_percentiles=(0.5, 99.5), size_multiple=32)
+
+RECIPES: dict[str, dict] = {
+    "unet-mnv2": {"arch": "Unet", "encoder": "mobilenet_v2",
+                  "model_kwargs": {"decoder_channels": [128, 64, 32, 16, 8]}},
+    "linknet-mnv2": {"arch": "Linknet", "encoder": "mobilenet_v2", "model_kwargs": {}},
+    "fpn-mnv2": {"arch": "FPN", "encoder": "mobilenet_v2",
+                 "model_kwargs": {"decoder_segmentation_channels": 64}},
+    "deeplabv3plus-effb0": {"arch": "DeepLabV3Plus", "encoder": "efficientnet-b0",
+                            "model_kwargs": {}},
+}
+
+
+def recipe_spec(name: str, version: str = "0") -> MemberSpec:
+    """A fresh spec for a named recipe (raises KeyError listing the known names)."""
+    if name not in RECIPES:
+        raise KeyError(f"unknown member recipe {name!r}; known: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    return MemberSpec(name=name, arch=recipe["arch"], encoder=recipe["encoder"],
+                      model_kwargs=dict(recipe["model_kwargs"]), preprocess=PREPROCESS,
+                      version=version)

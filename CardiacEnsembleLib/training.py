@@ -1,0 +1,287 @@
+"""Train one member on ACDC ED/ES slices, resumably.
+
+The split is not ours to choose: members fit on `train`, select their best epoch on
+`validation`, and never see `test` (`check_no_test_patients` enforces it at every entry point).
+
+Slices are prepared exactly as inference prepares them (`preprocess.prepare_slices`: same
+normalisation and in-plane resampling), so the network never sees a distribution at test time
+that it did not see in training. Augmentation (rotation, scale, flips, intensity jitter, noise)
+runs batched in torch; labels follow the same geometric transform with nearest sampling, so no
+interpolated label values ever leak in.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .acdc import PHASES, PatientFolder, find_patients, load_splits
+from .case import NUM_CLASSES, STRUCTURES, Case
+from .inference import CancelToken, Progress, predict_slices
+from .members import Member, MemberSpec, create_network, save_member
+from .metrics import dice
+from .preprocess import crop_or_pad, prepare_slices, resample_slices, restore_probabilities
+
+
+class SplitLeakError(RuntimeError):
+    """A test patient was about to be used for training or model selection."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 16
+    patch_size: int = 160  # training crops (px at the member's spacing); inference is whole-slice
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    iterations_per_epoch: int = 0  # 0 = one pass over the training slices
+    seed: int = 0
+    num_threads: int = 0  # 0 = torch default
+    max_train_patients: int = 0  # 0 = all; a quick run uses a few
+    max_validation_patients: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_no_test_patients(patient_ids: Sequence[str], splits: dict[str, list[str]],
+                           purpose: str) -> None:
+    leaked = sorted(set(patient_ids) & set(splits["test"]))
+    if leaked:
+        raise SplitLeakError(f"{purpose} would read test patient(s) {leaked}; the test split is "
+                             f"reserved for the final report")
+
+
+def load_split_cases(data_root: Path, split: str, limit: int = 0) -> list[Case]:
+    """ED and ES frames (with ground truth) of one split ('train' or 'validation' only)."""
+    if split not in ("train", "validation"):
+        raise SplitLeakError(f"training may read 'train' or 'validation', not {split!r}")
+    splits = load_splits(data_root)
+    ids = splits[split][:limit] if limit else splits[split]
+    check_no_test_patients(ids, splits, f"training ({split})")
+    return [patient.load(phase) for patient in find_patients(data_root, ids) for phase in PHASES]
+
+
+@dataclass
+class SliceSet:
+    """All training slices at the member's spacing, padded to a common canvas for batching."""
+
+    images: torch.Tensor  # (N, 1, H, W) normalised
+    labels: torch.Tensor  # (N, H, W) int64
+    sizes: torch.Tensor  # (N, 2) the real (h, w) of each slice inside its canvas
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+def build_slice_set(cases: Sequence[Case], spec: MemberSpec) -> SliceSet:
+    images, labels, sizes = [], [], []
+    canvas = [0, 0]
+    prepared = []
+    for case in cases:
+        slices, grid = prepare_slices(torch.from_numpy(case.image), case.spacing_zyx,
+                                      spec.preprocess)
+        image = crop_or_pad(slices, grid.resampled_hw, offsets=(-grid.offsets[0],
+                                                                -grid.offsets[1]))[0]
+        label = resample_slices(torch.from_numpy(case.labels)[:, None].float(),
+                                grid.resampled_hw, "nearest")
+        prepared.append((image, label))
+        canvas = [max(canvas[0], image.shape[-2]), max(canvas[1], image.shape[-1])]
+    for image, label in prepared:
+        padded_image, _ = crop_or_pad(image, tuple(canvas), fill=float(image.min()),
+                                      offsets=(0, 0))
+        padded_label, _ = crop_or_pad(label, tuple(canvas), fill=0.0, offsets=(0, 0))
+        images.append(padded_image)
+        labels.append(padded_label[:, 0].long())
+        sizes.append(torch.tensor([[image.shape[-2], image.shape[-1]]] * image.shape[0]))
+    return SliceSet(torch.cat(images), torch.cat(labels), torch.cat(sizes))
+
+
+def sample_batch(data: SliceSet, indices: torch.Tensor, patch: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops of `patch` px: two thirds centred near the heart, one third anywhere."""
+    images, labels = [], []
+    for i in indices.tolist():
+        h, w = data.sizes[i].tolist()
+        foreground = torch.nonzero(data.labels[i, :h, :w])
+        if len(foreground) and torch.rand(1, generator=generator).item() < 2 / 3:
+            centre = foreground.float().mean(0) + (torch.rand(2, generator=generator) - .5) * 64
+        else:
+            centre = torch.rand(2, generator=generator) * torch.tensor([h, w])
+        oy, ox = (patch // 2 - int(centre[0])), (patch // 2 - int(centre[1]))
+        image = data.images[i:i + 1, :, :h, :w]
+        label = data.labels[i:i + 1, None, :h, :w].float()
+        images.append(crop_or_pad(image, (patch, patch), float(image.min()), (oy, ox))[0])
+        labels.append(crop_or_pad(label, (patch, patch), 0.0, (oy, ox))[0])
+    return torch.cat(images), torch.cat(labels)[:, 0].long()
+
+
+def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation +-30 deg, scale 0.85-1.2, random flips, gamma/contrast jitter, noise."""
+    n = images.shape[0]
+    angle = (torch.rand(n, generator=generator) - 0.5) * math.radians(60)
+    scale = 0.85 + torch.rand(n, generator=generator) * 0.35
+    flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    flip_y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip_x, -sin, torch.zeros(n)], 1),
+                         torch.stack([sin, cos * flip_y, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    background = images.amin(dim=(1, 2, 3), keepdim=True)
+    moved = F.grid_sample(images - background, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False) + background
+    moved_labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest",
+                                 padding_mode="zeros", align_corners=False)[:, 0].long()
+    contrast = 0.8 + torch.rand(n, 1, 1, 1, generator=generator) * 0.4
+    shift = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
+    noise = torch.randn(moved.shape, generator=generator) * 0.05
+    return moved * contrast + shift + noise, moved_labels
+
+
+def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy + soft Dice over the foreground classes (batch-level Dice: stable on
+    slices where a structure is absent)."""
+    ce = F.cross_entropy(logits, labels)
+    probabilities = torch.softmax(logits.float(), dim=1)[:, 1:]
+    one_hot = F.one_hot(labels, NUM_CLASSES).permute(0, 3, 1, 2)[:, 1:].float()
+    intersection = (probabilities * one_hot).sum(dim=(0, 2, 3))
+    denominator = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    soft_dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
+    return ce + (1 - soft_dice.mean())
+
+
+def validation_dice(network: torch.nn.Module, cases: Sequence[Case], spec: MemberSpec,
+                    device: torch.device) -> dict[str, float]:
+    """Mean 3D Dice per structure over validation frames, through the inference path."""
+    network.eval()
+    scores = {name: [] for name in STRUCTURES}
+    for case in cases:
+        slices, grid = prepare_slices(torch.from_numpy(case.image).to(device), case.spacing_zyx,
+                                      spec.preprocess)
+        probabilities = restore_probabilities(predict_slices(network, slices), grid)
+        labels = probabilities.argmax(1).cpu().numpy()
+        for name, value in STRUCTURES.items():
+            scores[name].append(dice(labels == value, case.labels == value))
+    result = {name: float(np.mean(values)) for name, values in scores.items()}
+    result["mean"] = float(np.mean([result[name] for name in STRUCTURES]))
+    return result
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: TrainConfig, *,
+                 device: str | torch.device = "cpu", progress: Optional[Progress] = None,
+                 cancel: Optional[CancelToken] = None,
+                 log: Callable[[str], None] = print) -> Member:
+    """Train (or resume training) one member; returns the best member by validation Dice.
+
+    `out_dir` holds `last.pt` (everything needed to resume: weights, optimiser, scheduler, RNG,
+    history), `history.csv`, and `best/` (a member folder, written whenever validation improves).
+    """
+    device = torch.device(device)
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    train_cases = load_split_cases(data_root, "train", config.max_train_patients)
+    val_cases = load_split_cases(data_root, "validation", config.max_validation_patients)
+    data = build_slice_set(train_cases, spec)
+    log(f"{spec.name}: {len(data)} training slices from {len(train_cases)} frames, "
+        f"{len(val_cases)} validation frames, device {device}")
+    network = create_network(spec).to(device).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    steps = config.iterations_per_epoch or math.ceil(len(data) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps,
+        pct_start=0.05, anneal_strategy="cos")
+    generator = torch.Generator().manual_seed(config.seed)
+    state = TrainState()
+    checkpoint = out_dir / "last.pt"
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)
+        if saved["spec"]["arch"] != spec.arch or saved["spec"]["encoder"] != spec.encoder:
+            raise ValueError(f"{checkpoint}: belongs to {saved['spec']['arch']}/"
+                             f"{saved['spec']['encoder']}, not {spec.arch}/{spec.encoder}")
+        network.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = TrainState(**saved["state"])
+        log(f"{spec.name}: resumed from {checkpoint} after epoch {state.epoch}")
+    use_amp = device.type == "cuda"
+    patients = sorted({c.patient_id for c in train_cases})
+    spec.training = {"data": "ACDC (Bernard et al., IEEE TMI 2018)", "split": "splits.json",
+                     "train_patients": patients,
+                     "validation_patients": sorted({c.patient_id for c in val_cases}),
+                     "config": config.to_dict()}
+    while state.epoch < config.epochs:
+        started = time.perf_counter()
+        network.train()
+        order = torch.randperm(len(data), generator=generator)
+        order = order.repeat(math.ceil(steps * config.batch_size / len(data)))
+        losses = []
+        for step in range(steps):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            indices = order[step * config.batch_size:(step + 1) * config.batch_size]
+            images, labels = sample_batch(data, indices, config.patch_size, generator)
+            images, labels = augment(images, labels, generator)
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = dice_ce_loss(network(images).float(), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if progress is not None:
+                progress(state.epoch * steps + step + 1, config.epochs * steps,
+                         f"{spec.name} epoch {state.epoch + 1} loss {np.mean(losses):.3f}")
+        scores = validation_dice(network, val_cases, spec, device)
+        state.epoch += 1
+        row = {"epoch": state.epoch, "train_loss": float(np.mean(losses)),
+               "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,
+               **{f"val_dice_{k}": v for k, v in scores.items()}}
+        state.history.append(row)
+        if scores["mean"] > state.best_dice:
+            state.best_dice, state.best_epoch = scores["mean"], state.epoch
+            spec.metrics = {"validation_dice": scores, "best_epoch": state.epoch}
+            save_member(network, spec, out_dir / "best", overwrite=True)
+        _write_history(out_dir / "history.csv", state.history)
+        torch.save({"network": network.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "state": asdict(state),
+                    "spec": spec.to_dict()}, out_dir / "last.pt.partial")
+        (out_dir / "last.pt.partial").replace(checkpoint)
+        log(f"{spec.name}: epoch {state.epoch}/{config.epochs} loss {row['train_loss']:.4f} "
+            f"val Dice RV {scores['RV']:.3f} Myo {scores['Myo']:.3f} LV {scores['LV']:.3f} "
+            f"mean {scores['mean']:.4f} (best {state.best_dice:.4f} @ {state.best_epoch}) "
+            f"{row['seconds']:.0f}s")
+    from .members import load_member
+    return load_member(out_dir / "best", device)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
