@@ -172,3 +172,30 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
         if all(m.name in weights_by_name for m in loaded) and weights_by_name else None
     rule = fusion or manifest.get("fusion", "mean")
     return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""))
+
+
+def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, name: str,
+                   version: str, fusion: str = "mean", weights: Optional[dict] = None,
+                   note: str = "", description: str = "") -> Path:
+    """Describe the members in `models_dir` as data (the model zoo's manifest.json).
+
+    Each entry records the folder, sha256 and size of its weights, so a swapped file is caught
+    before loading; `load_ensemble` checks them.
+    """
+    from .members import WEIGHTS_FILE, verify_member
+
+    models_dir = Path(models_dir)
+    entries = []
+    for folder in member_folders:
+        folder = Path(folder)
+        spec = verify_member(folder)
+        entries.append({"name": spec.name, "folder": folder.relative_to(models_dir).as_posix(),
+                        "arch": spec.arch, "encoder": spec.encoder, "version": spec.version,
+                        "sha256": spec.weights_sha256,
+                        "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
+                        "validation": spec.metrics.get("validation_dice")})
+    manifest = {"name": name, "version": version, "fusion": fusion, "weights": weights or {},
+                "note": note, "description": description, "members": entries}
+    path = models_dir / MANIFEST_FILE
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path

@@ -34,3 +34,25 @@ def patient_dir(acdc):
                 return folder
         pytest.skip(f"{patient_id} is not in {acdc}")
     return find
+
+
+@pytest.fixture(scope="session")
+def untrained_models(tmp_path_factory) -> Path:
+    """A models folder (manifest + 3 members of different architectures) with seeded random
+    weights: fast, deterministic, for testing plumbing (not accuracy)."""
+    import torch
+
+    from CardiacEnsembleLib.ensemble import write_manifest
+    from CardiacEnsembleLib.members import create_network, save_member
+    from CardiacEnsembleLib.recipes import recipe_spec
+
+    root = tmp_path_factory.mktemp("models")
+    folders = []
+    for seed, recipe in enumerate(("unet-mnv2", "linknet-mnv2", "fpn-mnv2")):
+        torch.manual_seed(seed)
+        spec = recipe_spec(recipe)
+        folders.append(save_member(create_network(spec), spec, root / recipe).folder)
+    write_manifest(root, folders, name="untrained-test", version="0", fusion="mean",
+                   weights={"unet-mnv2": 2.0, "linknet-mnv2": 1.0, "fpn-mnv2": 1.0},
+                   note="untrained test members")
+    return root

@@ -1,0 +1,330 @@
+"""`cardiac-ensemble` (also `python -m CardiacEnsembleLib`): segment, evaluate, info, models, train.
+
+Errors the user can act on (a wrong file, an existing output, a bad member) print one line and
+exit with status 2; nothing the user made is overwritten without `--overwrite`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .case import CaseError
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample" / "patient090"
+EXIT_USAGE = 2
+
+
+class ProgressBar:
+    """A tqdm bar behind the package's `progress(done, total, message)` callback."""
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.description, self.enabled, self.bar = description, enabled, None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.description, unit="", leave=False,
+                            file=sys.stderr, mininterval=0.5)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("ensemble")
+    group.add_argument("--models", type=Path, default=None,
+                       help="folder with manifest.json and member folders "
+                            "(default: the ensemble shipped with the package)")
+    group.add_argument("--members", nargs="+", default=None,
+                       help="use only these members (names from `cardiac-ensemble models`)")
+    group.add_argument("--fusion", default=None,
+                       help="mean, weighted, vote or staple (default: the manifest's)")
+    group.add_argument("--tta", action="store_true", help="flip test-time augmentation (3x cost)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+
+
+def _load_ensemble(args):
+    from .ensemble import DEFAULT_MODELS_DIR, load_ensemble, read_manifest
+
+    models_dir = args.models or DEFAULT_MODELS_DIR
+    ensemble = load_ensemble(models_dir, members=args.members, fusion=args.fusion,
+                             device=args.device, tta=args.tta)
+    note = read_manifest(models_dir).get("note")
+    if note:
+        print(f"note: {note}")
+    print(f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion} | "
+          f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}")
+    return ensemble
+
+
+def cmd_segment(args) -> int:
+    from . import io
+    from .acdc import PHASES, PatientFolder
+    from .case import Case
+    from .metrics import score_labels
+
+    source = args.input or SAMPLE_DIR
+    if args.input is None:
+        print(f"no INPUT given: using the built-in sample case {SAMPLE_DIR.name} "
+              f"(ACDC, CC BY-NC-SA 4.0, see {SAMPLE_DIR.parent / 'README.md'})")
+    if source.is_dir():
+        patient = PatientFolder.open(source)
+        cases = [patient.load(phase) for phase in PHASES]
+        outputs = {case.phase: args.output / f"{patient.patient_id}_{case.phase}_seg.nii.gz"
+                   for case in cases}
+        references = {case.phase: patient.frame_path(case.phase) for case in cases}
+    else:
+        image, geometry = io.read_image(source, allow_4d=args.frame is not None)
+        if args.frame is not None:
+            if image.ndim != 4 or not 1 <= args.frame <= image.shape[0]:
+                raise CaseError(f"{source}: --frame {args.frame} needs a 4D cine with at least "
+                                f"that many frames (shape {image.shape})")
+            image = image[args.frame - 1]
+        if args.output.suffix == "" or args.output.is_dir():
+            raise CaseError(f"{args.output}: for a single image, --output must be a file name "
+                            f"ending in .nii.gz, .nii or .nrrd")
+        name = io.image_suffix(source)
+        stem = source.name[: -len(name)]
+        cases = [Case(image=image, geometry=geometry, patient_id=stem, source=str(source))]
+        outputs = {cases[0].phase: args.output}
+        references = {cases[0].phase: source if name in io.NIFTI_SUFFIXES else None}
+    extra = [p for out in outputs.values() for p in _extra_outputs(out, args)]
+    existing = [p for p in list(outputs.values()) + extra if p.exists()]
+    if existing and not args.overwrite:
+        raise io.OutputExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                                   f"(pass --overwrite to replace it)")
+    ensemble = _load_ensemble(args)
+    for case in cases:
+        bar = ProgressBar(f"segment {case.name}", not args.quiet)
+        try:
+            prediction = ensemble.predict(case, progress=bar)
+        finally:
+            bar.close()
+        out = outputs[case.phase]
+        io.write_image(out, prediction.labels, prediction.geometry, overwrite=args.overwrite,
+                       reference=references[case.phase])
+        if args.uncertainty:
+            io.write_image(_with_suffix(out, "_uncertainty"), prediction.uncertainty,
+                           prediction.geometry, overwrite=args.overwrite)
+        if args.probabilities and prediction.probabilities is not None:
+            for label in range(1, prediction.probabilities.shape[0]):
+                io.write_image(_with_suffix(out, f"_prob{label}"),
+                               prediction.probabilities[label], prediction.geometry,
+                               overwrite=args.overwrite)
+        t = prediction.timings
+        line = (f"{case.name}: wrote {out} ({case.image.shape[0]} slices, "
+                f"{t['total']:.2f} s: members {t['members']:.2f} s, fusion {t['fusion']:.2f} s)")
+        if case.labels is not None:
+            scores = score_labels(prediction.labels, case.labels, case.spacing_zyx)
+            line += " | Dice vs ground truth " + " ".join(
+                f"{name} {s.dice:.3f}" for name, s in scores.items())
+        print(line)
+    return 0
+
+
+def _with_suffix(path: Path, tag: str) -> Path:
+    from .io import image_suffix
+    suffix = image_suffix(path)
+    return path.with_name(path.name[: -len(suffix)] + tag + suffix)
+
+
+def _extra_outputs(out: Path, args) -> list[Path]:
+    paths = [_with_suffix(out, "_uncertainty")] if args.uncertainty else []
+    if args.probabilities:
+        paths += [_with_suffix(out, f"_prob{label}") for label in (1, 2, 3)]
+    return paths
+
+
+def cmd_evaluate(args) -> int:
+    from .acdc import find_patients, load_splits
+    from .evaluation import evaluate, summary_table, write_clinical_csv, write_scores_csv
+
+    if args.data is None:
+        args.data = SAMPLE_DIR.parent
+        print(f"no --data given: evaluating the built-in sample case {SAMPLE_DIR.name}")
+    ids = args.patients
+    if args.split:
+        ids = load_splits(args.data)[args.split]
+    patients = find_patients(args.data, ids)
+    if not patients:
+        raise CaseError(f"{args.data}: no ACDC patient folders found")
+    outputs = [args.out / name for name in ("scores.csv", "clinical.csv", "summary.md")]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                              f"(pass --overwrite to replace it)")
+    ensemble = _load_ensemble(args)
+    bar = ProgressBar("evaluate", not args.quiet)
+    try:
+        result = evaluate(ensemble, patients, args.rules, progress=bar)
+    finally:
+        bar.close()
+    table = summary_table(result)
+    names = ", ".join(p.patient_id for p in patients)
+    text = (f"# Evaluation on {len(patients)} patient(s), ED and ES\n\nPatients: {names}\n\n"
+            f"Dice and HD95 per structure (mean ± sd over frames), LV/RV ejection-fraction "
+            f"absolute error (percentage points, mean ± sd over patients), median seconds per "
+            f"frame on {ensemble.device}.\n\n{table}\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_scores_csv(result, outputs[0])
+    write_clinical_csv(result, outputs[1])
+    outputs[2].write_text(text)
+    print(table)
+    print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .acdc import find_patients
+
+    patients = find_patients(args.folder)
+    if not patients:
+        raise CaseError(f"{args.folder}: no ACDC patient folders (with Info.cfg) found")
+    rows = [p.describe() for p in patients]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for row in rows:
+        print(" | ".join("-" if row[k] is None else str(row[k]) for k in keys))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .ensemble import DEFAULT_MODELS_DIR, read_manifest
+    from .members import verify_member
+
+    models_dir = args.models or DEFAULT_MODELS_DIR
+    manifest = read_manifest(models_dir)
+    print(f"{manifest.get('name', 'ensemble')} {manifest.get('version', '')} "
+          f"({models_dir}): fusion {manifest.get('fusion', 'mean')}")
+    if manifest.get("note"):
+        print(f"note: {manifest['note']}")
+    for entry in manifest["members"]:
+        spec = verify_member(models_dir / entry["folder"])
+        dice = spec.metrics.get("validation_dice", {}).get("mean")
+        print(f"  {spec.name:22s} {spec.arch}/{spec.encoder:16s} "
+              f"{entry.get('size_bytes', 0) / 1e6:5.1f} MB  sha256 {spec.weights_sha256[:12]}  "
+              f"validation Dice {dice if dice is None else f'{dice:.3f}'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .recipes import recipe_spec
+    from .training import TrainConfig, train_member
+
+    spec = recipe_spec(args.recipe, version=args.version)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
+                         patch_size=args.patch_size, learning_rate=args.lr, seed=args.seed,
+                         iterations_per_epoch=args.iterations, num_threads=args.threads,
+                         max_train_patients=args.max_train_patients,
+                         max_validation_patients=args.max_validation_patients)
+    from .inference import pick_device
+    bar = ProgressBar(f"train {args.recipe}", not args.quiet)
+    try:
+        member = train_member(spec, args.data, args.out, config, device=pick_device(args.device),
+                              progress=bar, log=lambda line: (bar.close(), print(line, flush=True)))
+    finally:
+        bar.close()
+    print(f"best member: {member.folder} (validation Dice "
+          f"{member.spec.metrics['validation_dice']['mean']:.4f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cardiac-ensemble",
+        description="Segment ACDC cardiac cine-MRI (RV cavity, LV myocardium, LV cavity) with an "
+                    "ensemble of 2D networks, and measure it against ground truth.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    segment = commands.add_parser("segment", help="segment a frame or an ACDC patient folder")
+    segment.add_argument("input", nargs="?", type=Path,
+                         help="a NIfTI/NRRD frame, or a patient folder (ED and ES are segmented); "
+                              "omitted: the built-in sample patient")
+    segment.add_argument("--output", "-o", type=Path, required=True,
+                         help="label map file (for a frame) or folder (for a patient)")
+    segment.add_argument("--frame", type=int, default=None,
+                         help="1-based frame to take when INPUT is a 4D cine")
+    segment.add_argument("--uncertainty", action="store_true",
+                         help="also write the normalised-entropy map (*_uncertainty)")
+    segment.add_argument("--probabilities", action="store_true",
+                         help="also write fused probability maps per structure (*_probN)")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_model_options(segment)
+    segment.set_defaults(run=cmd_segment)
+
+    evaluate = commands.add_parser("evaluate", help="members and ensemble vs ground truth")
+    evaluate.add_argument("--data", type=Path, default=None,
+                          help="ACDC root or patient folder (default: the built-in sample)")
+    chosen = evaluate.add_mutually_exclusive_group()
+    chosen.add_argument("--patients", nargs="+", default=None, help="patient ids, e.g. patient001")
+    chosen.add_argument("--split", choices=("train", "validation", "test"),
+                        help="all patients of a split from DATA/splits.json")
+    evaluate.add_argument("--rules", nargs="+", default=None,
+                          help="fusion rules to compare (default: all that apply)")
+    evaluate.add_argument("--out", type=Path, default=Path("evaluation"),
+                          help="folder for scores.csv, clinical.csv, summary.md")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_model_options(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    info = commands.add_parser("info", help="what an ACDC patient folder (or root) holds")
+    info.add_argument("folder", type=Path)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_info)
+
+    models = commands.add_parser("models", help="list the ensemble's members (manifest)")
+    models.add_argument("--models", type=Path, default=None)
+    models.set_defaults(run=cmd_models)
+
+    train = commands.add_parser("train", help="train one member on the ACDC train split")
+    train.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
+    train.add_argument("--recipe", required=True, help="member recipe name (see recipes.py)")
+    train.add_argument("--out", type=Path, required=True,
+                       help="run folder (resumes from OUT/last.pt if present)")
+    train.add_argument("--epochs", type=int, default=40)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--patch-size", type=int, default=160)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--iterations", type=int, default=0, help="steps per epoch (0: one pass)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=0)
+    train.add_argument("--version", default="0")
+    train.add_argument("--max-train-patients", type=int, default=0)
+    train.add_argument("--max-validation-patients", type=int, default=0)
+    train.add_argument("--device", default="auto")
+    train.set_defaults(run=cmd_train)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .inference import Cancelled
+    from .members import MemberError
+
+    try:
+        return args.run(args)
+    except (CaseError, MemberError, FileExistsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: nothing further was written", file=sys.stderr)
+        return 130

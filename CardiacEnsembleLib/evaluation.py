@@ -1,0 +1,162 @@
+"""Score every member and every fusion rule on ground-truth patients, side by side.
+
+Each frame runs the networks once; every fusion rule is then applied to the same member outputs,
+so members and ensembles are compared on identical inputs and the reported ensemble time is the
+real one (members + fusion). Rows are long-format (patient x phase x method x structure) so any
+summary can be computed from the CSV later.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .acdc import PHASES, PatientFolder
+from .case import STRUCTURES, CaseError
+from .ensemble import Ensemble
+from .fusion import FUSION_RULES
+from .inference import CancelToken, Progress
+from .metrics import ClinicalIndices, clinical_indices, score_labels
+
+
+@dataclass
+class ScoreRow:
+    patient: str
+    group: str
+    phase: str
+    method: str  # a member's name, or "ensemble-<rule>"
+    structure: str
+    dice: float
+    hd95_mm: float
+    msd_mm: float
+    flag: str
+    seconds: float  # time to produce this method's labels for this frame
+
+
+@dataclass
+class ClinicalRow:
+    patient: str
+    group: str
+    method: str  # "reference" for the ground truth
+    indices: ClinicalIndices
+
+
+@dataclass
+class Evaluation:
+    scores: list[ScoreRow] = field(default_factory=list)
+    clinical: list[ClinicalRow] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+
+
+def ensemble_method(rule: str) -> str:
+    return f"ensemble-{rule}"
+
+
+def default_rules(ensemble: Ensemble) -> list[str]:
+    return [r for r in FUSION_RULES if r != "weighted" or ensemble.weights is not None]
+
+
+def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
+             rules: Optional[Sequence[str]] = None, *, progress: Optional[Progress] = None,
+             cancel: Optional[CancelToken] = None) -> Evaluation:
+    """Members and fusion rules on the ED and ES frames of `patients` (ground truth needed)."""
+    rules = list(rules or default_rules(ensemble))
+    if "weighted" in rules and ensemble.weights is None:
+        raise ValueError("the 'weighted' rule needs ensemble weights (none in the manifest)")
+    result = Evaluation(methods=ensemble.names + [ensemble_method(r) for r in rules])
+    total = len(patients) * len(PHASES)
+    for index, patient in enumerate(patients):
+        labels: dict[str, dict[str, np.ndarray]] = {}
+        for phase_index, phase in enumerate(PHASES):
+            case = patient.load(phase)
+            if case.labels is None:
+                raise CaseError(f"{patient.folder}: no ground truth for {phase} "
+                                f"({patient.gt_path(phase).name}); evaluate needs it")
+            member_probs, seconds = ensemble.member_probabilities(case, cancel=cancel)
+            outputs: dict[str, tuple[np.ndarray, float]] = {}
+            for rule in rules:
+                prediction = ensemble.fuse(case, member_probs, seconds, rule)
+                t = prediction.timings["members"] + prediction.timings["fusion"]
+                outputs[ensemble_method(rule)] = (prediction.labels, t)
+            for member in prediction.members:
+                outputs[member.name] = (member.labels, member.seconds)
+            for method in result.methods:
+                predicted, t = outputs[method]
+                labels.setdefault(method, {})[phase] = predicted
+                for structure, score in score_labels(predicted, case.labels,
+                                                     case.spacing_zyx).items():
+                    result.scores.append(ScoreRow(
+                        patient.patient_id, patient.info.group or "", phase, method, structure,
+                        score.dice, score.hd95_mm, score.msd_mm, score.flag, t))
+            labels.setdefault("reference", {})[phase] = case.labels
+            if progress is not None:
+                progress(index * len(PHASES) + phase_index + 1, total,
+                         f"{patient.patient_id} {phase}")
+        for method in ["reference"] + result.methods:
+            result.clinical.append(ClinicalRow(
+                patient.patient_id, patient.info.group or "", method,
+                clinical_indices(labels[method]["ED"], labels[method]["ES"],
+                                 case.spacing_zyx)))
+    return result
+
+
+def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(ScoreRow.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in evaluation.scores)
+
+
+def write_clinical_csv(evaluation: Evaluation, path: Path) -> None:
+    rows = [{"patient": r.patient, "group": r.group, "method": r.method,
+             **r.indices.as_dict()} for r in evaluation.clinical]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean_sd(values: Sequence[float], digits: int) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def summary_table(evaluation: Evaluation) -> str:
+    """Markdown: one row per method; Dice / HD95 per structure, EF errors, time per frame."""
+    reference = {r.patient: r.indices for r in evaluation.clinical if r.method == "reference"}
+    header = (["method"] + [f"Dice {s}" for s in STRUCTURES] + ["Dice mean"]
+              + [f"HD95 {s} (mm)" for s in STRUCTURES] + ["MSD mean (mm)", "LV EF |err| (%)",
+                                                         "RV EF |err| (%)", "s / frame"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in evaluation.methods:
+        rows = [r for r in evaluation.scores if r.method == method]
+        by_structure = {s: [r for r in rows if r.structure == s] for s in STRUCTURES}
+        frame_dice = _per_frame_mean(rows, "dice")
+        frame_msd = _per_frame_mean(rows, "msd_mm")
+        clinical = [r for r in evaluation.clinical if r.method == method]
+        lv_err = [abs(r.indices.lv_ef_pct - reference[r.patient].lv_ef_pct) for r in clinical]
+        rv_err = [abs(r.indices.rv_ef_pct - reference[r.patient].rv_ef_pct) for r in clinical]
+        frame_seconds = list({(r.patient, r.phase): r.seconds for r in rows}.values())
+        cells = ([method] + [_mean_sd([r.dice for r in by_structure[s]], 3) for s in STRUCTURES]
+                 + [_mean_sd(frame_dice, 3)]
+                 + [_mean_sd([r.hd95_mm for r in by_structure[s]], 1) for s in STRUCTURES]
+                 + [_mean_sd(frame_msd, 2), _mean_sd(lv_err, 1), _mean_sd(rv_err, 1),
+                    f"{np.median(frame_seconds):.2f}"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _per_frame_mean(rows: Sequence[ScoreRow], attribute: str) -> list[float]:
+    frames: dict[tuple, list[float]] = {}
+    for row in rows:
+        frames.setdefault((row.patient, row.phase), []).append(getattr(row, attribute))
+    return [float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan
+            for v in frames.values()]
