@@ -244,6 +244,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    from .ensemble import DEFAULT_MODELS_DIR
+    from .zoo import ship_runs
+
+    path = ship_runs(args.runs, args.models or DEFAULT_MODELS_DIR, name=args.name,
+                     version=args.version, fusion=args.fusion, note=args.note,
+                     overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cardiac-ensemble",
@@ -310,6 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-validation-patients", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.set_defaults(run=cmd_train)
+
+    ship = commands.add_parser("ship", help="package training runs as the shipped ensemble "
+                                            "(fp16 members + manifest.json)")
+    ship.add_argument("runs", nargs="+", type=Path, help="training run folders (with best/)")
+    ship.add_argument("--models", type=Path, default=None,
+                      help="target folder (default: the package's models/)")
+    ship.add_argument("--name", default="acdc-default")
+    ship.add_argument("--version", required=True)
+    ship.add_argument("--fusion", default="mean")
+    ship.add_argument("--note", default="", help="shown to users whenever the ensemble loads")
+    ship.add_argument("--overwrite", action="store_true")
+    ship.set_defaults(run=cmd_ship)
     return parser
 
 

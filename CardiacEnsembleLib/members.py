@@ -8,7 +8,9 @@ any smp version that knows the architecture.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -168,7 +170,8 @@ def load_member(folder: Path | str, device: str | torch.device = "cpu") -> Membe
     folder = Path(folder)
     spec = verify_member(folder)
     try:
-        network = smp.from_pretrained(str(folder))
+        with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a banner
+            network = smp.from_pretrained(str(folder))
     except RuntimeError as error:  # state-dict keys or shapes disagree with config.json
         raise MemberError(f"{folder / WEIGHTS_FILE}: weights do not fit the network in "
                           f"{CONFIG_FILE}: {str(error).splitlines()[0]}") from error

@@ -1,0 +1,341 @@
+"""`cardiac-ensemble` end to end, on real ACDC frames, through `cli.main([...])` in-process.
+
+The members are the untrained ones of `conftest.untrained_models`: they test plumbing (files,
+geometry, options, reports), not accuracy. Every network run costs CPU time, so each expensive
+command runs once per module (a module-scoped fixture, which captures stdout itself because
+`capsys` is per test) and several tests read what it wrote. Cheap commands use `capsys`.
+
+Note: `-q` is an option of the top-level parser, so it goes before the sub-command.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from CardiacEnsembleLib.acdc import PatientFolder
+from CardiacEnsembleLib.case import Case
+from CardiacEnsembleLib.cli import main
+from CardiacEnsembleLib.ensemble import load_ensemble
+from CardiacEnsembleLib.io import read_image
+
+#: Smallest ACDC frames: 154x224x7, ED = frame 4, ES = frame 11 (Info.cfg).
+PATIENT = "patient090"
+ED_FILE = "patient090_frame04.nii.gz"
+ES_FILE = "patient090_frame11.nii.gz"
+EVAL_PATIENTS = ("patient090", "patient041")
+MEMBERS = ("unet-mnv2", "linknet-mnv2", "fpn-mnv2")  # manifest order of untrained_models
+#: Rules `evaluate` compares by default when the manifest has weights (it has).
+RULES = ("mean", "weighted", "vote", "staple")
+METHODS = MEMBERS + tuple(f"ensemble-{rule}" for rule in RULES)
+STRUCTURE_LABELS = {"RV": 1, "Myo": 2, "LV": 3}
+
+
+# ------------------------------------------------------------------------ helpers
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """main(argv) with stdout and stderr captured: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def model_options(models: Path) -> list[str]:
+    return ["--models", str(models), "--device", "cpu"]
+
+
+def read_zyx(path: Path) -> np.ndarray:
+    """A NIfTI's voxels in the package's (Z, Y, X) order, read with nibabel alone."""
+    return np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
+
+
+def ensemble_line(stdout: str) -> str:
+    lines = [line for line in stdout.splitlines() if line.startswith("ensemble: ")]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
+def numpy_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """2|P∩R| / (|P|+|R|); ACDC ground truth always holds every structure, so |R| > 0."""
+    return 2.0 * np.count_nonzero(pred & ref) / (np.count_nonzero(pred) + np.count_nonzero(ref))
+
+
+# ------------------------------------------------------------------------ shared runs
+
+@pytest.fixture(scope="module")
+def ed_case(patient_dir) -> Case:
+    return PatientFolder.open(patient_dir(PATIENT)).load("ED")
+
+
+@pytest.fixture(scope="module")
+def library_ed(untrained_models, ed_case):
+    """What the library itself predicts for patient090 ED: the reference for the CLI."""
+    return load_ensemble(untrained_models, device="cpu").predict(ed_case)
+
+
+@pytest.fixture(scope="module")
+def frame_run(untrained_models, patient_dir, tmp_path_factory):
+    """`segment patient090_frame04.nii.gz -o seg.nii.gz`: (code, stdout, input, output)."""
+    source = patient_dir(PATIENT) / ED_FILE
+    out = tmp_path_factory.mktemp("frame_run") / "seg.nii.gz"
+    code, stdout, _ = run_cli("-q", "segment", source, "--output", out,
+                              *model_options(untrained_models))
+    return code, stdout, source, out
+
+
+@pytest.fixture(scope="module")
+def folder_run(untrained_models, patient_dir, tmp_path_factory):
+    """`segment <patient090 folder> -o out --uncertainty --probabilities`."""
+    out = tmp_path_factory.mktemp("folder_run") / "out"
+    code, stdout, _ = run_cli("-q", "segment", patient_dir(PATIENT), "--output", out,
+                              "--uncertainty", "--probabilities",
+                              *model_options(untrained_models))
+    return code, stdout, out
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(untrained_models, acdc, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation") / "eval"
+    code, stdout, _ = run_cli("-q", "evaluate", "--data", acdc, "--patients", *EVAL_PATIENTS,
+                              "--out", out, *model_options(untrained_models))
+    return code, stdout, out
+
+
+@pytest.fixture(scope="module")
+def small_frame(patient_dir, tmp_path_factory) -> Path:
+    """Slices 3-4 of patient090 ED (real voxels, real header): cheap runs for option tests."""
+    image = nib.load(str(patient_dir(PATIENT) / ED_FILE))
+    path = tmp_path_factory.mktemp("small") / "patient090_ED_slices3-4.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 2:4], None, image.header), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_member_probs(untrained_models, small_frame):
+    """(ensemble, case, member probabilities, seconds) of the library on `small_frame`."""
+    image, geometry = read_image(small_frame)
+    case = Case(image=image, geometry=geometry)
+    ensemble = load_ensemble(untrained_models, device="cpu")
+    probs, seconds = ensemble.member_probabilities(case)
+    return ensemble, case, probs, seconds
+
+
+# ------------------------------------------------------------------------ segment: one frame
+
+def test_segment_frame_exits_0_and_writes_uint8_labels_0_to_3_of_the_input_shape(frame_run):
+    code, _, source, out = frame_run
+    assert code == 0
+    assert out.is_file()
+    written = nib.load(str(out))
+    assert written.shape == nib.load(str(source)).shape == (154, 224, 7)
+    assert written.get_data_dtype() == np.uint8
+    data = np.asarray(written.dataobj)
+    assert data.dtype == np.uint8
+    assert set(np.unique(data).tolist()) <= {0, 1, 2, 3}
+
+
+def test_segment_frame_output_has_the_input_affine_and_zooms_exactly(frame_run):
+    _, _, source, out = frame_run
+    written, original = nib.load(str(out)), nib.load(str(source))
+    assert np.array_equal(written.affine, original.affine)
+    assert written.header.get_zooms() == original.header.get_zooms()
+    assert int(written.header["sform_code"]) == int(original.header["sform_code"])
+    assert int(written.header["qform_code"]) == int(original.header["qform_code"])
+
+
+def test_segment_frame_reports_the_manifest_ensemble_and_its_default_fusion(frame_run):
+    _, stdout, _, _ = frame_run
+    assert ensemble_line(stdout) == "ensemble: unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion mean | " \
+                                    "device cpu"
+
+
+def test_cli_labels_equal_the_library_prediction_voxel_for_voxel(frame_run, folder_run,
+                                                                 library_ed):
+    _, _, _, frame_out = frame_run
+    _, _, folder_out = folder_run
+    assert np.array_equal(read_zyx(frame_out), library_ed.labels)
+    assert np.array_equal(read_zyx(folder_out / f"{PATIENT}_ED_seg.nii.gz"), library_ed.labels)
+
+
+# ------------------------------------------------------------------------ segment: a patient
+
+def test_segment_folder_writes_ed_and_es_label_maps_on_their_frames(folder_run, patient_dir):
+    code, _, out = folder_run
+    assert code == 0
+    for phase, frame_file in (("ED", ED_FILE), ("ES", ES_FILE)):
+        written = nib.load(str(out / f"{PATIENT}_{phase}_seg.nii.gz"))
+        original = nib.load(str(patient_dir(PATIENT) / frame_file))
+        assert written.shape == original.shape
+        assert written.get_data_dtype() == np.uint8
+        assert np.array_equal(written.affine, original.affine)
+
+
+def test_segment_folder_writes_exactly_the_label_uncertainty_and_probability_maps(folder_run):
+    _, _, out = folder_run
+    expected = {f"{PATIENT}_{phase}_seg{tag}.nii.gz" for phase in ("ED", "ES")
+                for tag in ("", "_uncertainty", "_prob1", "_prob2", "_prob3")}
+    assert {p.name for p in out.iterdir()} == expected
+
+
+def test_segment_folder_prints_the_dice_of_each_written_map_against_ground_truth(folder_run,
+                                                                                 patient_dir):
+    _, stdout, out = folder_run
+    folder = patient_dir(PATIENT)
+    for phase, frame_file in (("ED", ED_FILE), ("ES", ES_FILE)):
+        pattern = (rf"^{PATIENT}_{phase}: wrote .*{PATIENT}_{phase}_seg\.nii\.gz .* \| Dice vs "
+                   rf"ground truth RV (\d\.\d{{3}}) Myo (\d\.\d{{3}}) LV (\d\.\d{{3}})$")
+        match = re.search(pattern, stdout, flags=re.MULTILINE)
+        assert match, stdout
+        predicted = read_zyx(out / f"{PATIENT}_{phase}_seg.nii.gz")
+        truth = read_zyx(folder / frame_file.replace(".nii.gz", "_gt.nii.gz"))
+        for printed, label in zip(match.groups(), STRUCTURE_LABELS.values()):
+            assert abs(float(printed) - numpy_dice(predicted == label, truth == label)) <= 5e-4
+
+
+def test_segment_uncertainty_lies_in_0_1_and_equals_the_library_map(folder_run, library_ed):
+    _, _, out = folder_run
+    uncertainty = read_zyx(out / f"{PATIENT}_ED_seg_uncertainty.nii.gz")
+    assert uncertainty.dtype == np.float32
+    assert uncertainty.min() >= 0.0 and uncertainty.max() <= 1.0
+    np.testing.assert_allclose(uncertainty, library_ed.uncertainty, rtol=0, atol=1e-6)
+
+
+def test_segment_probability_maps_are_the_fused_foreground_probabilities(folder_run,
+                                                                         library_ed):
+    _, _, out = folder_run
+    maps = np.stack([read_zyx(out / f"{PATIENT}_ED_seg_prob{label}.nii.gz")
+                     for label in (1, 2, 3)])
+    assert maps.min() >= 0.0 and maps.max() <= 1.0
+    assert maps.sum(axis=0).max() <= 1.0 + 1e-6  # background takes the rest
+    np.testing.assert_allclose(maps, library_ed.probabilities[1:], rtol=0, atol=1e-6)
+
+
+def test_segment_extra_maps_lie_on_the_frame_grid_as_itk_reads_it(folder_run, patient_dir):
+    """Slicer reads NIfTI through ITK: the maps must overlay the frame there."""
+    _, _, out = folder_run
+    frame = sitk.ReadImage(str(patient_dir(PATIENT) / ED_FILE))
+    for tag in ("_uncertainty", "_prob1", "_prob2", "_prob3"):
+        extra = sitk.ReadImage(str(out / f"{PATIENT}_ED_seg{tag}.nii.gz"))
+        assert extra.GetSize() == frame.GetSize()
+        np.testing.assert_allclose(extra.GetSpacing(), frame.GetSpacing(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(extra.GetOrigin(), frame.GetOrigin(), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(extra.GetDirection(), frame.GetDirection(), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------ ensemble options
+
+def test_fusion_option_changes_the_rule_used(untrained_models, small_frame, small_member_probs,
+                                             tmp_path, capsys):
+    ensemble, case, probs, seconds = small_member_probs
+    vote = ensemble.fuse(case, probs, seconds, "vote").labels
+    mean = ensemble.fuse(case, probs, seconds, "mean").labels
+    assert not np.array_equal(vote, mean)  # else this test could not tell the rules apart
+    out = tmp_path / "vote.nii.gz"
+    code = main(["-q", "segment", str(small_frame), "-o", str(out), "--fusion", "vote",
+                 *model_options(untrained_models)])
+    assert code == 0
+    assert ensemble_line(capsys.readouterr().out) == \
+        "ensemble: unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion vote | device cpu"
+    assert np.array_equal(read_zyx(out), vote)
+
+
+def test_members_option_restricts_the_ensemble(untrained_models, small_frame, small_member_probs,
+                                               tmp_path, capsys):
+    ensemble, case, probs, seconds = small_member_probs
+    chosen = ensemble.subset(["unet-mnv2", "fpn-mnv2"])
+    pair = chosen.fuse(case, probs[[0, 2]], [seconds[0], seconds[2]], "mean").labels
+    assert not np.array_equal(pair, ensemble.fuse(case, probs, seconds, "mean").labels)
+    out = tmp_path / "pair.nii.gz"
+    code = main(["-q", "segment", str(small_frame), "-o", str(out),
+                 "--members", "unet-mnv2", "fpn-mnv2", *model_options(untrained_models)])
+    assert code == 0
+    assert ensemble_line(capsys.readouterr().out) == \
+        "ensemble: unet-mnv2, fpn-mnv2 | fusion mean | device cpu"
+    assert np.array_equal(read_zyx(out), pair)
+
+
+# ------------------------------------------------------------------------ evaluate
+
+def test_evaluate_exits_0_and_writes_scores_clinical_and_summary(evaluation_run):
+    code, _, out = evaluation_run
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clinical.csv", "scores.csv", "summary.md"]
+
+
+def test_evaluate_scores_one_row_per_patient_phase_method_and_structure(evaluation_run):
+    _, _, out = evaluation_run
+    with open(out / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 * 2 * (3 + 4) * 3 == 84
+    keys = Counter((r["patient"], r["phase"], r["method"], r["structure"]) for r in rows)
+    assert set(keys) == {(p, ph, m, s) for p in EVAL_PATIENTS for ph in ("ED", "ES")
+                         for m in METHODS for s in STRUCTURE_LABELS}
+    assert set(keys.values()) == {1}
+    assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
+
+
+def test_evaluate_clinical_has_reference_and_every_method_per_patient(evaluation_run):
+    _, _, out = evaluation_run
+    with open(out / "clinical.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["patient"], r["method"]) for r in rows) == \
+        sorted((p, m) for p in EVAL_PATIENTS for m in ("reference",) + METHODS)
+
+
+def test_evaluate_summary_table_has_one_row_per_method(evaluation_run):
+    _, _, out = evaluation_run
+    rows = [line for line in (out / "summary.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method |")]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(METHODS)
+
+
+def test_evaluate_prints_a_table_row_for_every_method(evaluation_run):
+    _, stdout, _ = evaluation_run
+    for method in METHODS:
+        assert re.search(rf"^\| {re.escape(method)} \|", stdout, flags=re.MULTILINE), method
+
+
+# ------------------------------------------------------------------------ info, models, help
+
+def test_info_prints_the_ed_and_es_frames_of_info_cfg(patient_dir, capsys):
+    folder = patient_dir(PATIENT)
+    config = dict(line.split(":", 1) for line in (folder / "Info.cfg").read_text().splitlines()
+                  if ":" in line)
+    assert main(["info", str(folder)]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    values = dict(zip(header.split(" | "), row.split(" | ")))
+    assert values["patient"] == PATIENT
+    assert (values["ED"], values["ES"]) == (config["ED"].strip(), config["ES"].strip()) \
+        == ("4", "11")
+
+
+def test_models_lists_the_three_members_with_their_sha256(untrained_models, capsys):
+    assert main(["models", "--models", str(untrained_models)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [line.split()[0] for line in lines] == list(MEMBERS)
+    for line, name in zip(lines, MEMBERS):
+        spec = json.loads((untrained_models / name / "member.json").read_text())
+        assert f"{spec['arch']}/{spec['encoder']}" in line
+        assert f"sha256 {spec['weights_sha256'][:12]}" in line
+
+
+def test_module_help_runs_in_a_fresh_interpreter():
+    result = subprocess.run([sys.executable, "-m", "CardiacEnsembleLib", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: cardiac-ensemble")
+    commands = re.search(r"\{([a-z,]+)\}", result.stdout)
+    assert commands, result.stdout
+    assert {"segment", "evaluate", "info", "models", "train"} <= set(commands.group(1).split(","))

@@ -1,0 +1,68 @@
+"""Training never reads a test patient, and a resumed run continues the same curve."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from CardiacEnsembleLib import acdc as acdc_module
+from CardiacEnsembleLib.acdc import load_splits
+from CardiacEnsembleLib.inference import CancelToken, Cancelled
+from CardiacEnsembleLib.recipes import recipe_spec
+from CardiacEnsembleLib.training import (SplitLeakError, TrainConfig, check_no_test_patients,
+                                         load_split_cases, train_member)
+
+TINY = dict(epochs=2, batch_size=4, patch_size=64, iterations_per_epoch=2,
+            max_train_patients=1, max_validation_patients=1, num_threads=1)
+
+
+def history(run_dir):
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_test_split_cannot_be_loaded_for_training(acdc):
+    with pytest.raises(SplitLeakError, match="not 'test'"):
+        load_split_cases(acdc, "test")
+    with pytest.raises(SplitLeakError, match="patient101"):
+        check_no_test_patients(["patient002", "patient101"], load_splits(acdc), "search")
+
+
+def test_a_training_run_reads_only_train_and_validation_patients(acdc, tmp_path, monkeypatch):
+    read = []
+    original = acdc_module.PatientFolder.load
+    monkeypatch.setattr(acdc_module.PatientFolder, "load",
+                        lambda self, *a, **k: read.append(self.patient_id) or
+                        original(self, *a, **k))
+    train_member(recipe_spec("fpn-mnv2"), acdc, tmp_path / "run", TrainConfig(**TINY),
+                 log=lambda line: None)
+    splits = load_splits(acdc)
+    assert set(read) == {splits["train"][0], splits["validation"][0]}
+    assert not set(read) & set(splits["test"])
+
+
+def test_resume_after_an_interruption_continues_the_same_curve(acdc, tmp_path):
+    config = TrainConfig(**TINY)
+    straight = tmp_path / "straight"
+    train_member(recipe_spec("fpn-mnv2"), acdc, straight, config, log=lambda line: None)
+
+    interrupted, token = tmp_path / "interrupted", CancelToken()
+
+    def stop_in_second_epoch(done, total, message):
+        if done > config.iterations_per_epoch:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        train_member(recipe_spec("fpn-mnv2"), acdc, interrupted, config,
+                     progress=stop_in_second_epoch, cancel=token, log=lambda line: None)
+    assert len(history(interrupted)) == 1 and (interrupted / "last.pt").is_file()
+    lines = []
+    member = train_member(recipe_spec("fpn-mnv2"), acdc, interrupted, config, log=lines.append)
+    assert any("resumed" in line and "after epoch 1" in line for line in lines)
+    resumed, reference = history(interrupted), history(straight)
+    assert [r["epoch"] for r in resumed] == ["1", "2"]
+    for got, expected in zip(resumed, reference):
+        assert float(got["train_loss"]) == pytest.approx(float(expected["train_loss"]), rel=1e-5)
+        assert float(got["val_dice_mean"]) == pytest.approx(float(expected["val_dice_mean"]),
+                                                            abs=1e-6)
+    assert member.spec.training["train_patients"] == [load_splits(acdc)["train"][0]]
