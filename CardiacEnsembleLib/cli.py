@@ -76,6 +76,8 @@ def cmd_segment(args) -> int:
     from .metrics import score_labels
 
     source = args.input or SAMPLE_DIR
+    if args.cine:
+        return _segment_cine(args, source)
     if args.input is None:
         print(f"no INPUT given: using the built-in sample case {SAMPLE_DIR.name} "
               f"(ACDC, CC BY-NC-SA 4.0, see {SAMPLE_DIR.parent / 'README.md'})")
@@ -131,6 +133,50 @@ def cmd_segment(args) -> int:
             line += " | Dice vs ground truth " + " ".join(
                 f"{name} {s.dice:.3f}" for name, s in scores.items())
         print(line)
+    return 0
+
+
+def _segment_cine(args, source: Path) -> int:
+    """All frames of a 4D cine -> 4D label map, volume-time curve (CSV + PNG), ED/ES check."""
+    from . import io
+    from .acdc import PatientFolder
+    from .cine import segment_cine, write_volume_curve
+
+    info_frames, reference = None, None
+    if source.is_dir():
+        patient = PatientFolder.open(source)
+        info_frames = (patient.info.ed, patient.info.es)
+        cine, geometry = patient.load_cine()
+        reference, stem = patient.cine_path, patient.patient_id
+    else:
+        cine, geometry = io.read_image(source, allow_4d=True)
+        if cine.ndim != 4:
+            raise CaseError(f"{source}: --cine needs a 4D image, got shape {cine.shape}")
+        suffix = io.image_suffix(source)
+        reference = source if suffix in io.NIFTI_SUFFIXES else None
+        stem = source.name[: -len(suffix)]
+    out_dir = args.output
+    outputs = [out_dir / f"{stem}_cine_seg.nii.gz", out_dir / f"{stem}_volumes.csv",
+               out_dir / f"{stem}_volumes.png"]
+    existing = [p for p in outputs if p.exists()]
+    if existing and not args.overwrite:
+        raise io.OutputExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                                   f"(pass --overwrite to replace it)")
+    ensemble = _load_ensemble(args)
+    bar = ProgressBar(f"cine {stem} ({cine.shape[0]} frames)", not args.quiet)
+    try:
+        result = segment_cine(ensemble, cine.astype("float32", copy=False), geometry,
+                              progress=bar)
+    finally:
+        bar.close()
+    io.write_image(outputs[0], result.labels, geometry, overwrite=args.overwrite,
+                   reference=reference)
+    write_volume_curve(result, outputs[1], outputs[2], info_frames, title=stem)
+    line = (f"{stem}: {cine.shape[0]} frames in {result.seconds:.2f} s | ED/ES from the curve: "
+            f"{result.ed_frame}/{result.es_frame}")
+    if info_frames:
+        line += f" (Info.cfg: {info_frames[0]}/{info_frames[1]})"
+    print(line + f" | LV EF {result.lv_ef_pct:.1f}% | wrote {', '.join(map(str, outputs))}")
     return 0
 
 
@@ -244,6 +290,38 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .acdc import PatientFolder, find_patients
+    from .benchmark import (accuracy_from_scores, plot_benchmark, report_markdown,
+                            run_benchmark, summary_lines)
+
+    patients = find_patients(args.data, args.patients)
+    cine_patient = None
+    if args.cine:
+        cine_patient = find_patients(args.data, [args.cine])[0]
+        if not cine_patient.cine_path.is_file():
+            raise CaseError(f"{cine_patient.folder}: has no 4D cine for --cine")
+    ensemble = _load_ensemble(args)
+    device_tag = ensemble.device.type
+    report = args.report or Path("reports") / f"benchmark_{device_tag}.md"
+    chart = report.with_suffix(".png")
+    existing = [p for p in (report, chart) if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                              f"(pass --overwrite to replace it)")
+    result = run_benchmark(ensemble, patients, repeats=args.repeats, cine_patient=cine_patient)
+    command = "cardiac-ensemble " + " ".join(sys.argv[1:]) if args.record_command else ""
+    text = report_markdown(result, command)
+    accuracy = accuracy_from_scores(args.accuracy) if args.accuracy else None
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(text + (f"\n![time per frame]({chart.name})\n"))
+    plot_benchmark(result, chart, accuracy)
+    print(text.split("## Summary")[0])
+    print("\n".join(summary_lines(result)))
+    print(f"wrote {report} and {chart}")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .ensemble import DEFAULT_MODELS_DIR
     from .zoo import ship_runs
@@ -272,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="label map file (for a frame) or folder (for a patient)")
     segment.add_argument("--frame", type=int, default=None,
                          help="1-based frame to take when INPUT is a 4D cine")
+    segment.add_argument("--cine", action="store_true",
+                         help="segment every frame of a 4D cine (INPUT a _4d file or a patient "
+                              "folder): 4D label map + volume-time curve (CSV, PNG) in OUTPUT/")
     segment.add_argument("--uncertainty", action="store_true",
                          help="also write the normalised-entropy map (*_uncertainty)")
     segment.add_argument("--probabilities", action="store_true",
@@ -321,6 +402,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-validation-patients", type=int, default=0)
     train.add_argument("--device", default="auto")
     train.set_defaults(run=cmd_train)
+
+    bench = commands.add_parser("benchmark", help="time each member and the ensemble side by "
+                                                  "side; writes reports/benchmark_<device>.md")
+    bench.add_argument("--data", type=Path, required=True, help="ACDC root")
+    bench.add_argument("--patients", nargs="+", required=True, help="patients whose ED/ES frames "
+                                                                     "are timed")
+    bench.add_argument("--cine", default=None, help="patient whose 4D cine is timed "
+                                                    "(e.g. patient090)")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--accuracy", type=Path, default=None,
+                       help="scores.csv from `evaluate`, for the accuracy-vs-cost panel")
+    bench.add_argument("--report", type=Path, default=None,
+                       help="report path (default reports/benchmark_<device>.md)")
+    bench.add_argument("--record-command", action="store_true",
+                       help="write the command line into the report")
+    bench.add_argument("--overwrite", action="store_true")
+    _add_model_options(bench)
+    bench.set_defaults(run=cmd_benchmark)
 
     ship = commands.add_parser("ship", help="package training runs as the shipped ensemble "
                                             "(fp16 members + manifest.json)")

@@ -17,7 +17,8 @@ import torch
 
 from .case import Case, MemberOutput, Prediction
 from .fusion import FUSION_RULES, fuse
-from .inference import CancelToken, Progress, pick_device, predict_slices
+from .inference import (CancelToken, Progress, optimize_for_inference, pick_device,
+                        predict_slices)
 from .members import Member, MemberError, load_member
 from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities
 
@@ -64,29 +65,42 @@ class Ensemble:
                              cancel: Optional[CancelToken] = None,
                              timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
         """(M, C, Z, Y, X) float32 probabilities on the case grid, and seconds per member."""
+        return self.volume_probabilities(torch.from_numpy(case.image), case.spacing_zyx,
+                                         progress, cancel, timings)
+
+    def volume_probabilities(self, volume: torch.Tensor, spacing_zyx,
+                             progress: Optional[Progress] = None,
+                             cancel: Optional[CancelToken] = None,
+                             timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
+        """Members on a (Z, Y, X) frame or a (T, Z, Y, X) stack of cine frames.
+
+        Returns (M, C, N, Y, X) probabilities with N = Z or T*Z slices, and seconds per member.
+        `timings` accumulates the stage split: preprocess, network, restore (seconds).
+        """
         timings = {} if timings is None else timings
-        volume = torch.from_numpy(case.image).to(self.device)
+        volume = volume.to(self.device)
+        slices_per_member = int(np.prod(volume.shape[:-2]))
+        total = len(self.members) * slices_per_member
         prepared: dict[PreprocessSpec, tuple] = {}
         per_member, seconds = [], []
-        total = len(self.members) * case.image.shape[0]
         for index, member in enumerate(self.members):
             started = time.perf_counter()
             spec = member.spec.preprocess
             if spec not in prepared:
-                t0 = time.perf_counter()
-                prepared[spec] = prepare_slices(volume, case.spacing_zyx, spec)
-                timings["preprocess"] = timings.get("preprocess", 0.0) + time.perf_counter() - t0
+                prepared[spec] = prepare_slices(volume, spacing_zyx, spec)
+                _add_stage(timings, "preprocess", started, self.device)
             slices, grid = prepared[spec]
 
-            def report(done, _total, _label, offset=index * case.image.shape[0]):
+            def report(done, _total, _label, offset=index * slices_per_member, name=member.name):
                 if progress is not None:
-                    progress(offset + done, total, f"{member.name}")
+                    progress(offset + done, total, name)
 
+            t0 = time.perf_counter()
             probabilities = predict_slices(member.network, slices, tta=self.tta,
                                            progress=report, cancel=cancel, label=member.name)
-            restored = restore_probabilities(probabilities, grid)  # (Z, C, Y, X)
-            per_member.append(restored.permute(1, 0, 2, 3))
-            _synchronize(self.device)
+            t1 = _add_stage(timings, "network", t0, self.device)
+            per_member.append(restore_probabilities(probabilities, grid).transpose(0, 1))
+            _add_stage(timings, "restore", t1, self.device)
             seconds.append(time.perf_counter() - started)
         return torch.stack(per_member), seconds
 
@@ -111,7 +125,7 @@ class Ensemble:
         timings["members"] = float(sum(seconds))
         t0 = time.perf_counter()
         result = fuse(rule, member_probs, self.weights if rule == "weighted" else None)
-        member_labels = member_probs.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        member_labels = result.member_labels.cpu().numpy()
         timings["fusion"] = time.perf_counter() - t0
         members = [MemberOutput(m.name, member_labels[i], float(seconds[i]),
                                 member_probs[i].cpu().numpy() if keep_member_probabilities
@@ -131,6 +145,14 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _add_stage(timings: dict, stage: str, started: float, device: torch.device) -> float:
+    """Add the time since `started` to `timings[stage]` (after the GPU caught up); return now."""
+    _synchronize(device)
+    now = time.perf_counter()
+    timings[stage] = timings.get(stage, 0.0) + now - started
+    return now
+
+
 def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> dict:
     models_dir = Path(models_dir)
     path = models_dir / MANIFEST_FILE
@@ -144,10 +166,11 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> dict:
 
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
                   members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
-                  device: str = "auto", tta: bool = False) -> Ensemble:
+                  device: str = "auto", tta: bool = False, optimize: bool = True) -> Ensemble:
     """Load the ensemble a manifest describes (by default the one shipped with the package).
 
-    Every member is verified (sha256 against the manifest and its own spec) before loading.
+    Every member is verified (sha256 against the manifest and its own spec) before loading;
+    `optimize` folds BatchNorm into the convolutions (`inference.optimize_for_inference`).
     """
     models_dir = Path(models_dir)
     manifest = read_manifest(models_dir)
@@ -166,6 +189,8 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
         if entry.get("sha256") and entry["sha256"] != member.spec.weights_sha256:
             raise MemberError(f"{models_dir / MANIFEST_FILE}: sha256 of member "
                               f"{entry['name']!r} differs from its folder's spec")
+        if optimize:
+            optimize_for_inference(member.network)
         loaded.append(member)
     weights_by_name = manifest.get("weights") or {}
     weights = [float(weights_by_name[m.name]) for m in loaded] \

@@ -242,6 +242,7 @@ class FusionResult:
     probabilities: Optional[torch.Tensor]  # float32 (C, Z, Y, X)
     uncertainty: torch.Tensor  # float32 (Z, Y, X): normalized_entropy(probabilities)
     disagreement: torch.Tensor  # float32 (Z, Y, X): fraction of members that differ from labels
+    member_labels: Optional[torch.Tensor] = None  # uint8 (M, Z, Y, X): each member's argmax
 
 
 def _check_fuse_inputs(rule: str, member_probs: torch.Tensor,
@@ -263,6 +264,23 @@ def _check_fuse_inputs(rule: str, member_probs: torch.Tensor,
                          f"'weighted' to weight members, or pass weights=None")
 
 
+def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """uint8 argmax over the class axis `dim`; ties go to the smallest class, as in torch.
+
+    Why not `Tensor.argmax`: reducing over a non-last axis is a strided, poorly vectorised loop
+    on the CPU (0.8 s for one ensemble frame); C elementwise compares over contiguous class
+    planes cost a few milliseconds.
+    """
+    planes = probs.unbind(dim)
+    best = planes[0].clone()
+    labels = torch.zeros_like(best, dtype=torch.uint8)
+    for value, plane in enumerate(planes[1:], start=1):
+        better = plane > best
+        labels.masked_fill_(better, value)
+        best = torch.maximum(best, plane)
+    return labels
+
+
 def fuse(rule: str, member_probs: torch.Tensor,
          weights: Optional[Sequence[float]] = None) -> FusionResult:
     """Fuse (M, C, Z, Y, X) member probabilities with one of `FUSION_RULES`.
@@ -277,8 +295,8 @@ def fuse(rule: str, member_probs: torch.Tensor,
     """
     _check_fuse_inputs(rule, member_probs, weights)
     probabilities = mean_probabilities(member_probs, weights if rule == "weighted" else None)
-    mean_labels = probabilities.argmax(dim=0).to(torch.uint8)
-    member_labels = member_probs.argmax(dim=1).to(torch.uint8)  # (M, Z, Y, X), on device
+    mean_labels = class_argmax(probabilities, dim=0)
+    member_labels = class_argmax(member_probs, dim=1)  # (M, Z, Y, X), on device
     if rule in ("mean", "weighted"):
         fused = mean_labels
         labels = fused.cpu().numpy()
@@ -289,4 +307,5 @@ def fuse(rule: str, member_probs: torch.Tensor,
     return FusionResult(labels=labels,
                         probabilities=probabilities,
                         uncertainty=normalized_entropy(probabilities),
-                        disagreement=disagreement(member_labels, fused))
+                        disagreement=disagreement(member_labels, fused),
+                        member_labels=member_labels)

@@ -86,3 +86,27 @@ def predict_slices(network: torch.nn.Module, slices: torch.Tensor, *, tta: bool 
             if progress is not None:
                 progress(min(start + batch_size, total), total, label)
     return torch.cat(outputs, dim=0)
+
+
+def optimize_for_inference(network: torch.nn.Module) -> torch.nn.Module:
+    """Fold every BatchNorm that directly follows a Conv2d (inside a Sequential) into the conv,
+    and store weights channels-last, in place.
+
+    Why: in eval mode BatchNorm is a fixed affine map, so it can live in the conv's weights;
+    that removes ~10% of a member's CPU time, with outputs equal to ~1e-5. Only use for
+    inference (folding is undone by nothing; training needs the separate BatchNorm).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    network.eval()
+    for module in list(network.modules()):
+        if not isinstance(module, torch.nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = module._modules[first], module._modules[second]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d) \
+                    and norm.track_running_stats:
+                module._modules[first] = fuse_conv_bn_eval(conv, norm)
+                module._modules[second] = torch.nn.Identity()
+    return network.to(memory_format=torch.channels_last)

@@ -133,7 +133,8 @@ def _checked_geometry(affine: np.ndarray, path: Path) -> Geometry:
 
 def write_image(path: Path | str, array: np.ndarray, geometry: Geometry, *,
                 overwrite: bool = False, reference: Optional[Path | str] = None) -> Path:
-    """Write a (Z, Y, X) array with `geometry`; NIfTI or NRRD chosen by the file name.
+    """Write a (Z, Y, X) array (or a (T, Z, Y, X) cine, NIfTI only) with `geometry`; NIfTI or
+    NRRD chosen by the file name.
 
     `reference`: a NIfTI whose header (sform/qform codes, units) the output should copy, so a
     label map written for an ACDC frame opens exactly on top of it in any viewer.
@@ -146,8 +147,9 @@ def write_image(path: Path | str, array: np.ndarray, geometry: Geometry, *,
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path}: already exists; refusing to overwrite it "
                                 f"(pass --overwrite / overwrite=True to replace it)")
-    if array.ndim != 3:
-        raise CaseError(f"{path}: can only write 3D (Z, Y, X) arrays, got shape {array.shape}")
+    if array.ndim not in (3, 4) or (array.ndim == 4 and suffix not in NIFTI_SUFFIXES):
+        raise CaseError(f"{path}: can write (Z, Y, X) arrays, and (T, Z, Y, X) cines as NIfTI "
+                        f"only; got shape {array.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
     os.close(handle)
@@ -165,10 +167,10 @@ def write_image(path: Path | str, array: np.ndarray, geometry: Geometry, *,
 
 def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
                  reference: Optional[Path | str]) -> None:
-    data = np.ascontiguousarray(array.transpose(2, 1, 0))
+    data = np.ascontiguousarray(array.transpose(tuple(reversed(range(array.ndim)))))
     if reference is not None:
         template = nib.load(str(reference))
-        same_grid = template.shape[:3] == data.shape and \
+        same_grid = template.shape == data.shape and \
             np.allclose(nifti_affine(template, reference), geometry.affine, atol=1e-6)
         if same_grid:
             # Copy the reference header as it is (sform, qform, pixdim and their codes) so the

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .acdc import PHASES, PatientFolder, find_patients, load_splits
 from .case import NUM_CLASSES, STRUCTURES, Case
+from .fusion import class_argmax
 from .inference import CancelToken, Progress, predict_slices
 from .members import Member, MemberSpec, create_network, save_member
 from .metrics import dice
@@ -169,7 +170,7 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[Case], spec: Membe
         slices, grid = prepare_slices(torch.from_numpy(case.image).to(device), case.spacing_zyx,
                                       spec.preprocess)
         probabilities = restore_probabilities(predict_slices(network, slices), grid)
-        labels = probabilities.argmax(1).cpu().numpy()
+        labels = class_argmax(probabilities, dim=1).cpu().numpy()
         for name, value in STRUCTURES.items():
             scores[name].append(dice(labels == value, case.labels == value))
     result = {name: float(np.mean(values)) for name, values in scores.items()}

@@ -277,3 +277,14 @@ def test_fusion_stays_on_the_gpu_and_matches_the_cpu():
     torch.testing.assert_close(on_gpu.probabilities.cpu(), on_cpu.probabilities)
     assert math.isclose(on_gpu.uncertainty.sum().item(), on_cpu.uncertainty.sum().item(),
                         rel_tol=1e-5)
+
+
+def test_class_argmax_equals_torch_argmax_including_ties():
+    from CardiacEnsembleLib.fusion import class_argmax
+
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 4, 5, 6, 7), dim=1)
+    probs[0, 1, 0, 0, 0] = probs[0, 2, 0, 0, 0] = 2.0  # a tie: the smaller class wins
+    assert torch.equal(class_argmax(probs, dim=1), probs.argmax(dim=1).to(torch.uint8))
+    assert int(class_argmax(probs, dim=1)[0, 0, 0, 0]) == 1
+    assert torch.equal(class_argmax(probs[0], dim=0), probs[0].argmax(dim=0).to(torch.uint8))

@@ -1,0 +1,290 @@
+"""Measure what the ensemble costs next to its members, side by side in one run.
+
+For each member alone and for the ensemble, on the same frames: wall time per frame (median and
+spread over repeats, warm-up excluded) split into load / preprocess / network / restore
+(inverse resampling) / fusion / write, slices per second, peak resident memory (and peak CUDA
+memory), and the time for a whole cine. Ratios come from this one run, never from numbers taken
+at different times or on different machines.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import io
+from .acdc import PHASES, PatientFolder
+from .cine import segment_cine
+from .ensemble import Ensemble
+
+STAGES = ("load", "preprocess", "network", "restore", "fusion", "write")
+
+
+class PeakMemory:
+    """Peak resident memory of this process during a block, in bytes.
+
+    Linux keeps the high-water mark in /proc/self/status (VmHWM); writing 5 to
+    /proc/self/clear_refs resets it, so each configuration gets its own peak. Where that is not
+    possible the peak since process start is reported (and says so).
+    """
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self.resettable = True
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            with open("/proc/self/clear_refs", "w") as handle:
+                handle.write("5")
+        except OSError:
+            self.resettable = False
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak_bytes = _vm_hwm_bytes()
+
+    @property
+    def cuda_peak_bytes(self) -> int:
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def _vm_hwm_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class ConfigResult:
+    name: str  # a member's name or "ensemble"
+    members: list[str]
+    frame_seconds: list[float] = field(default_factory=list)  # one per (frame, repeat)
+    stages: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    slices: int = 0  # slices per pass over all frames
+    cine_seconds: list[float] = field(default_factory=list)
+    peak_rss_bytes: int = 0
+    peak_cuda_bytes: int = 0
+
+    @property
+    def median_frame(self) -> float:
+        return float(np.median(self.frame_seconds))
+
+    def stage_median(self, stage: str) -> float:
+        return float(np.median(self.stages[stage])) if self.stages[stage] else 0.0
+
+
+@dataclass
+class BenchmarkResult:
+    device: str
+    machine: str
+    frames: list[str]
+    repeats: int
+    configs: list[ConfigResult]
+    cine_name: str = ""
+    cine_frames: int = 0
+
+    def config(self, name: str) -> ConfigResult:
+        return next(c for c in self.configs if c.name == name)
+
+    @property
+    def ensemble(self) -> ConfigResult:
+        return self.config("ensemble")
+
+    @property
+    def member_results(self) -> list[ConfigResult]:
+        return [c for c in self.configs if c.name != "ensemble"]
+
+    def ratios(self) -> dict[str, float]:
+        ensemble = self.ensemble.median_frame
+        members = [c.median_frame for c in self.member_results]
+        fusion = self.ensemble.stage_median("fusion")
+        return {"ensemble / sum of members": ensemble / sum(members),
+                "ensemble / slowest member": ensemble / max(members),
+                "fusion share of ensemble time": fusion / ensemble}
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads")
+
+
+def _time_frame(ensemble: Ensemble, patient: PatientFolder, phase: str, out_dir: Path
+                ) -> tuple[float, dict[str, float], int]:
+    """One full frame: read the file, segment, write the label map; seconds per stage."""
+    started = time.perf_counter()
+    case = patient.load(phase, with_gt=False)
+    loaded = time.perf_counter()
+    prediction = ensemble.predict(case)
+    predicted = time.perf_counter()
+    io.write_image(out_dir / f"{case.name}.nii.gz", prediction.labels, case.geometry,
+                   overwrite=True, reference=patient.frame_path(phase))
+    written = time.perf_counter()
+    t = prediction.timings
+    stages = {"load": loaded - started, "preprocess": t.get("preprocess", 0.0),
+              "network": t.get("network", 0.0), "restore": t.get("restore", 0.0),
+              "fusion": t.get("fusion", 0.0), "write": written - predicted}
+    return written - started, stages, case.image.shape[0]
+
+
+def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repeats: int = 5,
+                  cine_patient: Optional[PatientFolder] = None, cine_repeats: int = 2,
+                  log=print) -> BenchmarkResult:
+    """Each member alone, then the ensemble, on the ED and ES frames of `patients` (and the
+    cine of `cine_patient`): one warm-up pass, then `repeats` timed passes."""
+    configs = [(m, [m]) for m in ensemble.names] + [("ensemble", ensemble.names)]
+    results = []
+    frames = [(p, phase) for p in patients for phase in PHASES]
+    cine = cine_patient.load_cine() if cine_patient is not None else None
+    with tempfile.TemporaryDirectory(prefix="ce-bench-") as scratch:
+        for name, members in configs:
+            runner = ensemble if name == "ensemble" else ensemble.subset(members)
+            result = ConfigResult(name, members)
+            with PeakMemory() as memory:
+                for patient, phase in frames:  # warm-up: allocator, caches, first-call costs
+                    _time_frame(runner, patient, phase, Path(scratch))
+                for _ in range(repeats):
+                    for patient, phase in frames:
+                        seconds, stages, slices = _time_frame(runner, patient, phase,
+                                                              Path(scratch))
+                        result.frame_seconds.append(seconds)
+                        for stage, value in stages.items():
+                            result.stages[stage].append(value)
+                result.slices = sum(p.load(ph, with_gt=False).image.shape[0] for p, ph in frames)
+                if cine is not None:
+                    segment_cine(runner, cine[0], cine[1])  # warm-up at the cine's size
+                    for _ in range(cine_repeats):
+                        result.cine_seconds.append(segment_cine(runner, cine[0], cine[1]).seconds)
+            result.peak_rss_bytes = memory.peak_bytes
+            result.peak_cuda_bytes = memory.cuda_peak_bytes
+            log(f"{name:22s} median frame {result.median_frame:.3f} s"
+                + (f", cine {np.median(result.cine_seconds):.2f} s" if result.cine_seconds
+                   else "") + f", peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
+            results.append(result)
+    return BenchmarkResult(
+        device=str(ensemble.device), machine=machine_description(ensemble.device),
+        frames=[f"{p.patient_id} {phase}" for p, phase in frames], repeats=repeats,
+        configs=results, cine_name=cine_patient.patient_id if cine_patient else "",
+        cine_frames=cine[0].shape[0] if cine is not None else 0)
+
+
+def _spread(values: Sequence[float]) -> str:
+    low, high = np.percentile(values, [25, 75])
+    return f"{low:.3f}-{high:.3f}"
+
+
+def report_markdown(result: BenchmarkResult, command: str = "") -> str:
+    lines = [f"# Benchmark on {result.device}", "",
+             f"Machine: {result.machine}.  ", f"Frames: {', '.join(result.frames)}; "
+             f"{result.repeats} timed repeats after one warm-up pass.  "]
+    if command:
+        lines.append(f"Command: `{command}`")
+    lines += ["", "Seconds per frame (median, interquartile range) and the median of each stage; "
+              "slices per second over the whole frame time; peak resident memory of the process "
+              "while that configuration ran.", "",
+              "| configuration | median s/frame | IQR | " + " | ".join(STAGES)
+              + " | slices/s | cine s | peak RSS GiB |" + (" peak CUDA GiB |"
+                                                         if result.device.startswith("cuda")
+                                                         else ""),
+              "|---" * (len(STAGES) + 6 + result.device.startswith("cuda")) + "|"]
+    for c in result.configs:
+        slices_per_second = c.slices / (c.median_frame * len(result.frames))
+        cine = f"{np.median(c.cine_seconds):.2f}" if c.cine_seconds else "-"
+        cells = [c.name, f"{c.median_frame:.3f}", _spread(c.frame_seconds)] + \
+            [f"{c.stage_median(s):.3f}" for s in STAGES] + \
+            [f"{slices_per_second:.1f}", cine, f"{c.peak_rss_bytes / 2**30:.2f}"]
+        if result.device.startswith("cuda"):
+            cells.append(f"{c.peak_cuda_bytes / 2**30:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Summary", "", "```"] + summary_lines(result) + ["```", ""]
+    return "\n".join(lines)
+
+
+def summary_lines(result: BenchmarkResult) -> list[str]:
+    """Lines a script can read: `key: value unit`."""
+    ensemble = result.ensemble
+    lines = [f"ensemble median frame time: {ensemble.median_frame:.3f} s",
+             f"sum of members median frame time: "
+             f"{sum(c.median_frame for c in result.member_results):.3f} s",
+             f"slowest member median frame time: "
+             f"{max(c.median_frame for c in result.member_results):.3f} s"]
+    if ensemble.cine_seconds:
+        lines.append(f"ensemble cine time ({result.cine_name}, {result.cine_frames} frames): "
+                     f"{np.median(ensemble.cine_seconds):.2f} s")
+    lines.append(f"ensemble peak RSS: {ensemble.peak_rss_bytes / 2**30:.2f} GiB")
+    lines += [f"{key}: {value:.2f}" for key, value in result.ratios().items()]
+    return lines
+
+
+def accuracy_from_scores(scores_csv: Path) -> dict[str, float]:
+    """method -> mean Dice over all rows of an `evaluate` scores.csv (for the cost plot)."""
+    import csv
+
+    values: dict[str, list[float]] = {}
+    with open(scores_csv) as handle:
+        for row in csv.DictReader(handle):
+            values.setdefault(row["method"], []).append(float(row["dice"]))
+    return {method: float(np.mean(v)) for method, v in values.items()}
+
+
+def plot_benchmark(result: BenchmarkResult, png_path: Path,
+                   accuracy: Optional[dict[str, float]] = None) -> None:
+    """Stacked bars of the stage split per configuration; with `accuracy` (method -> mean Dice)
+    a second panel plots accuracy against cost."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if accuracy else 1
+    figure, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 3.8), dpi=120)
+    axes = np.atleast_1d(axes)
+    names = [c.name for c in result.configs]
+    left = np.zeros(len(names))
+    colours = plt.get_cmap("tab10")
+    for index, stage in enumerate(STAGES):
+        values = np.array([c.stage_median(stage) for c in result.configs])
+        axes[0].barh(names, values, left=left, color=colours(index), label=stage)
+        left += values
+    axes[0].set_xlabel(f"seconds per frame ({result.device})")
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7, ncol=3, loc="lower right")
+    axes[0].grid(axis="x", alpha=0.3)
+    axes[0].set_title("time per frame by stage", fontsize=9)
+    if accuracy:
+        for c in result.configs:
+            key = c.name if c.name in accuracy else "ensemble-mean"
+            if key in accuracy:
+                axes[1].scatter(c.median_frame, accuracy[key], s=40)
+                axes[1].annotate(c.name, (c.median_frame, accuracy[key]), fontsize=7,
+                                 xytext=(4, 2), textcoords="offset points")
+        axes[1].set_xlabel("seconds per frame")
+        axes[1].set_ylabel("mean Dice")
+        axes[1].grid(alpha=0.3)
+        axes[1].set_title("accuracy vs cost", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
