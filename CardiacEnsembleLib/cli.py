@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .case import CaseError
+from .fusion import FUSION_RULES
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample" / "patient090"
 EXIT_USAGE = 2
@@ -49,8 +50,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "(default: the ensemble shipped with the package)")
     group.add_argument("--members", nargs="+", default=None,
                        help="use only these members (names from `cardiac-ensemble models`)")
-    group.add_argument("--fusion", default=None,
-                       help="mean, weighted, vote or staple (default: the manifest's)")
+    group.add_argument("--fusion", default=None, choices=FUSION_RULES,
+                       help="fusion rule (default: the manifest's)")
     group.add_argument("--tta", action="store_true", help="flip test-time augmentation (3x cost)")
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
 
@@ -119,12 +120,13 @@ def cmd_segment(args) -> int:
                        reference=references[case.phase])
         if args.uncertainty:
             io.write_image(_with_suffix(out, "_uncertainty"), prediction.uncertainty,
-                           prediction.geometry, overwrite=args.overwrite)
+                           prediction.geometry, overwrite=args.overwrite,
+                           reference=references[case.phase])
         if args.probabilities and prediction.probabilities is not None:
             for label in range(1, prediction.probabilities.shape[0]):
                 io.write_image(_with_suffix(out, f"_prob{label}"),
                                prediction.probabilities[label], prediction.geometry,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, reference=references[case.phase])
         t = prediction.timings
         line = (f"{case.name}: wrote {out} ({case.image.shape[0]} slices, "
                 f"{t['total']:.2f} s: members {t['members']:.2f} s, fusion {t['fusion']:.2f} s)")
@@ -206,6 +208,8 @@ def cmd_evaluate(args) -> int:
     patients = find_patients(args.data, ids)
     if not patients:
         raise CaseError(f"{args.data}: no ACDC patient folders found")
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"{args.out}: is a file; --out must be a folder")
     outputs = [args.out / name for name in ("scores.csv", "clinical.csv", "summary.md")]
     existing = [p for p in outputs if p.exists()]
     if existing and not args.overwrite:
@@ -340,7 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "ensemble of 2D networks, and measure it against ground truth.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # the same flags after the sub-command; SUPPRESS keeps them from resetting the ones before
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
+    add_parser = commands.add_parser
+    commands.add_parser = lambda *a, **k: add_parser(*a, parents=[common], **k)
 
     segment = commands.add_parser("segment", help="segment a frame or an ACDC patient folder")
     segment.add_argument("input", nargs="?", type=Path,
@@ -368,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     chosen.add_argument("--patients", nargs="+", default=None, help="patient ids, e.g. patient001")
     chosen.add_argument("--split", choices=("train", "validation", "test"),
                         help="all patients of a split from DATA/splits.json")
-    evaluate.add_argument("--rules", nargs="+", default=None,
+    evaluate.add_argument("--rules", nargs="+", default=None, choices=FUSION_RULES,
                           help="fusion rules to compare (default: all that apply)")
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"),
                           help="folder for scores.csv, clinical.csv, summary.md")
@@ -444,7 +454,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         return args.run(args)
-    except (CaseError, MemberError, FileExistsError, FileNotFoundError) as error:
+    except (CaseError, MemberError, FileExistsError, FileNotFoundError, ValueError) as error:
+        if args.verbose:
+            raise
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except (Cancelled, KeyboardInterrupt):

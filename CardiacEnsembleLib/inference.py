@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 
 
+class DeviceError(ValueError):
+    """A device the user asked for that this machine cannot provide."""
+
+
 class Cancelled(Exception):
     """The user cancelled; partial results are discarded, nothing is written."""
 
@@ -46,10 +50,16 @@ def pick_device(requested: str = "auto") -> torch.device:
             return torch.device("cuda")
         log.info("no CUDA GPU found: running on the CPU (%d threads)", torch.get_num_threads())
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise DeviceError(f"unknown device {requested!r}; use auto, cpu, cuda or cuda:N") \
+            from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {requested!r} requested but torch sees no CUDA GPU "
-                           f"(torch {torch.__version__}); use --device cpu or auto")
+        raise DeviceError(f"device {requested!r} requested but torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}); use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {requested!r} is not supported; use auto, cpu or cuda")
     return device
 
 

@@ -68,6 +68,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
         data = np.asarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
         raise CaseError(f"{path}: cannot be read as NIfTI ({error})") from error
+    _check_stored_spacing(path, type(img.header))
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim > 4:
@@ -75,6 +76,23 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     # nibabel stores (x, y, z[, t]); the package uses (Z, Y, X) and (T, Z, Y, X).
     array = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 1, 0)
     return np.ascontiguousarray(array), _checked_geometry(nifti_affine(img, path), path)
+
+
+def _check_stored_spacing(path: Path, header_class) -> None:
+    """Refuse a NIfTI whose stored voxel size is zero or not finite.
+
+    nibabel quietly turns a zero pixdim into 1 mm while loading; a frame read that way would be
+    segmented and measured in made-up millimetres. So look at the bytes as stored.
+    """
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        stored = header_class.from_fileobj(handle, check=False)
+    dims = int(stored["dim"][0])
+    pixdim = np.asarray(stored["pixdim"][1:1 + min(max(dims, 3), 3)], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise CaseError(f"{path}: voxel spacing is missing or invalid in the header (pixdim "
+                        f"{pixdim.tolist()}); millimetre metrics and resampling need it")
 
 
 def nifti_affine(img: nib.Nifti1Image, path: Path | str = "image") -> np.ndarray:
@@ -170,7 +188,7 @@ def _write_nifti(path: Path, array: np.ndarray, geometry: Geometry,
     data = np.ascontiguousarray(array.transpose(tuple(reversed(range(array.ndim)))))
     if reference is not None:
         template = nib.load(str(reference))
-        same_grid = template.shape == data.shape and \
+        same_grid = template.shape[:data.ndim] == data.shape and \
             np.allclose(nifti_affine(template, reference), geometry.affine, atol=1e-6)
         if same_grid:
             # Copy the reference header as it is (sform, qform, pixdim and their codes) so the

@@ -174,6 +174,6 @@ def load_member(folder: Path | str, device: str | torch.device = "cpu") -> Membe
             network = smp.from_pretrained(str(folder))
     except RuntimeError as error:  # state-dict keys or shapes disagree with config.json
         raise MemberError(f"{folder / WEIGHTS_FILE}: weights do not fit the network in "
-                          f"{CONFIG_FILE}: {str(error).splitlines()[0]}") from error
+                          f"{CONFIG_FILE}: {' '.join(str(error).split())[:600]}") from error
     network = network.float().eval().to(device)
     return Member(spec, network, folder)

@@ -114,12 +114,11 @@ def prepare_slices(volume: torch.Tensor, spacing_zyx, spec: PreprocessSpec
     A (T, Z, Y, X) stack of cine frames gives (T*Z, 1, H', W'), each frame normalised on its
     own exactly as a single frame would be (so a cine frame and its ED/ES file agree).
     """
-    original_hw = (int(volume.shape[-2]), int(volume.shape[-1]))
     if volume.ndim == 4:
-        normalised = torch.cat([normalize_intensity(frame, spec.clip_percentiles)
-                                for frame in volume])[:, None]
-    else:
-        normalised = normalize_intensity(volume, spec.clip_percentiles)[:, None]
+        prepared = [prepare_slices(frame, spacing_zyx, spec) for frame in volume]
+        return torch.cat([slices for slices, _ in prepared]), prepared[0][1]
+    original_hw = (int(volume.shape[-2]), int(volume.shape[-1]))
+    normalised = normalize_intensity(volume, spec.clip_percentiles)[:, None]
     size = resampled_size(original_hw, (spacing_zyx[1], spacing_zyx[2]), spec.spacing_mm)
     resampled = resample_slices(normalised, size, "bilinear")
     network_hw = padded_size(size, spec.size_multiple)

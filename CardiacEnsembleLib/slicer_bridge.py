@@ -114,8 +114,9 @@ def _describe(node) -> str:
 class SlicerScene:
     """A scene wired the way the Slicer application wires its own.
 
-    The application logic owns the colour logic (default colour tables) and the segmentations
-    logic; storage nodes and segment display need them. Inside Slicer use `slicer.mrmlScene`
+    The application logic owns the colour logic (default colour tables), the segmentations
+    logic and the sequences logic (which registers sequence nodes, e.g. a 4D cine); storage
+    nodes and segment display need them. Inside Slicer use `slicer.mrmlScene`
     directly; this is for headless scripts and tests on `slicer-core`.
     """
 
@@ -123,6 +124,7 @@ class SlicerScene:
     application_logic: object
     color_logic: object
     segmentations_logic: object
+    sequences_logic: object
     temporary_directory: Optional[tempfile.TemporaryDirectory] = None
 
 
@@ -145,11 +147,17 @@ def create_scene() -> SlicerScene:
     segmentations_logic.SetMRMLApplicationLogic(application_logic)
     segmentations_logic.SetMRMLScene(scene)
     application_logic.SetModuleLogic("Segmentations", segmentations_logic)
+    sequences_logic = slicer.vtkSlicerSequencesLogic()  # registers sequence and browser nodes
+    sequences_logic.SetMRMLApplicationLogic(application_logic)
+    sequences_logic.SetMRMLScene(scene)
+    application_logic.SetModuleLogic("Sequences", sequences_logic)
     # The logics must live as long as the scene: the colour logic removes its default colour
     # tables when it is destroyed, so `create_scene().scene` alone would lose them. VTK keeps a
     # Python attribute of a VTK object for the object's lifetime.
-    scene.CardiacEnsembleLogics = (application_logic, color_logic, segmentations_logic)
-    return SlicerScene(scene, application_logic, color_logic, segmentations_logic)
+    scene.CardiacEnsembleLogics = (application_logic, color_logic, segmentations_logic,
+                                   sequences_logic)
+    return SlicerScene(scene, application_logic, color_logic, segmentations_logic,
+                       sequences_logic)
 
 
 # --------------------------------------------------------------------------- volumes
@@ -190,7 +198,7 @@ def _sequence_frames(node) -> int:
     browsers = scene.GetNodesByClass("vtkMRMLSequenceBrowserNode")
     for index in range(browsers.GetNumberOfItems()):
         browser = browsers.GetItemAsObject(index)
-        if browser.IsProxyNode(node):
+        if browser.IsProxyNodeID(node.GetID()):
             sequence = browser.GetMasterSequenceNode()
             return sequence.GetNumberOfDataNodes() if sequence is not None else 1
     return 0

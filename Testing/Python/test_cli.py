@@ -74,6 +74,22 @@ def numpy_dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------ shared runs
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run the networks on one thread while this module runs, then restore the setting.
+
+    Why: on a 2-core machine that is busy with training, two OpenMP threads spin against the
+    other jobs and inference is 4-6x slower than on one. Results do not depend on it: the CLI
+    and the library reference run under the same setting.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def ed_case(patient_dir) -> Case:
     return PatientFolder.open(patient_dir(PATIENT)).load("ED")

@@ -7,7 +7,8 @@ import torch
 
 from CardiacEnsembleLib.acdc import PatientFolder
 from CardiacEnsembleLib.ensemble import load_ensemble
-from CardiacEnsembleLib.inference import CancelToken, Cancelled, pick_device, predict_slices
+from CardiacEnsembleLib.inference import (CancelToken, Cancelled, DeviceError, pick_device,
+                                          predict_slices)
 from CardiacEnsembleLib.members import (WEIGHTS_FILE, create_network, load_member, read_spec,
                                         save_member)
 from CardiacEnsembleLib.preprocess import prepare_slices
@@ -105,7 +106,7 @@ def test_cuda_request_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
     assert pick_device("auto").type == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    with pytest.raises(DeviceError, match="no CUDA GPU"):
         pick_device("cuda")
 
 

@@ -1,0 +1,116 @@
+"""The 4D cine path, inference-time optimisation, and the benchmark's report."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from CardiacEnsembleLib.acdc import PatientFolder
+from CardiacEnsembleLib.benchmark import (BenchmarkResult, ConfigResult, report_markdown,
+                                          run_benchmark, summary_lines)
+from CardiacEnsembleLib.cine import CineSegmentation, segment_cine
+from CardiacEnsembleLib.cli import main
+from CardiacEnsembleLib.ensemble import load_ensemble
+from CardiacEnsembleLib.inference import optimize_for_inference, predict_slices
+from CardiacEnsembleLib.members import create_network
+from CardiacEnsembleLib.preprocess import prepare_slices
+from CardiacEnsembleLib.recipes import recipe_spec
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Keep timings and results stable on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def patient090(patient_dir):
+    return PatientFolder.open(patient_dir("patient090"))
+
+
+@pytest.fixture(scope="module")
+def ensemble(untrained_models):
+    return load_ensemble(untrained_models, members=["unet-mnv2", "fpn-mnv2"], device="cpu")
+
+
+def test_a_stack_of_frames_is_normalised_frame_by_frame(patient090):
+    cine, geometry = patient090.load_cine()
+    spec = recipe_spec("unet-mnv2").preprocess
+    stacked, _ = prepare_slices(torch.from_numpy(cine[:3]), geometry.spacing_zyx, spec)
+    single, _ = prepare_slices(torch.from_numpy(cine[1]), geometry.spacing_zyx, spec)
+    z = cine.shape[1]
+    torch.testing.assert_close(stacked[z:2 * z], single)
+
+
+def test_cine_labels_equal_frame_by_frame_predictions(ensemble, patient090):
+    cine, geometry = patient090.load_cine()
+    frames = cine[:3]
+    result = segment_cine(ensemble, frames, geometry, chunk=2)  # chunks of 2 + 1 frames
+    assert result.labels.shape == frames.shape and result.labels.dtype == np.uint8
+    for index in range(3):
+        case = patient090.load_cine_frame(index + 1)
+        np.testing.assert_array_equal(result.labels[index], ensemble.predict(case).labels)
+    voxel_ml = np.prod(geometry.spacing_zyx) / 1000
+    assert result.volumes_ml["LV"][0] == pytest.approx((result.labels[0] == 3).sum() * voxel_ml)
+
+
+def test_ed_and_es_come_from_the_largest_and_smallest_lv_volume(patient090):
+    _, geometry = patient090.load_cine()
+    lv = np.array([100.0, 120.0, 80.0, 60.0, 90.0])
+    result = CineSegmentation(np.zeros((5, 1, 1, 1), np.uint8), geometry,
+                              {"LV": lv, "RV": lv, "Myo": lv}, 1.0)
+    assert (result.ed_frame, result.es_frame) == (2, 4)
+    assert result.lv_ef_pct == pytest.approx(50.0)
+
+
+def test_folding_batchnorm_keeps_the_outputs(patient090):
+    torch.manual_seed(0)
+    network = create_network(recipe_spec("unet-mnv2")).eval()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial statistics to fold
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    case = patient090.load("ED")
+    slices, _ = prepare_slices(torch.from_numpy(case.image), case.spacing_zyx,
+                               recipe_spec("unet-mnv2").preprocess)
+    folded = optimize_for_inference(copy.deepcopy(network))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(predict_slices(folded, slices), predict_slices(network, slices),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_benchmark_times_members_and_ensemble_side_by_side(ensemble, patient090):
+    result = run_benchmark(ensemble, [patient090], repeats=1, log=lambda line: None)
+    assert [c.name for c in result.configs] == ["unet-mnv2", "fpn-mnv2", "ensemble"]
+    for config in result.configs:
+        assert len(config.frame_seconds) == 2 and config.slices == 14
+        assert config.peak_rss_bytes > 100 * 2**20
+        stage_sum = sum(config.stages[s][0] for s in config.stages)
+        assert stage_sum <= config.frame_seconds[0] * 1.01
+    assert result.ensemble.stages["fusion"][0] > 0
+
+
+def test_summary_lines_state_the_ratios_a_script_reads():
+    def config(name, seconds, fusion=0.0):
+        result = ConfigResult(name, [name], frame_seconds=[seconds], slices=10)
+        result.stages["fusion"] = [fusion]
+        return result
+
+    result = BenchmarkResult("cpu", "test", ["p ED"], 1,
+                             [config("a", 1.0), config("b", 3.0), config("ensemble", 4.4, 0.4)])
+    lines = summary_lines(result)
+    assert "ensemble median frame time: 4.400 s" in lines
+    assert "ensemble / sum of members: 1.10" in lines
+    assert "ensemble / slowest member: 1.47" in lines
+    assert "fusion share of ensemble time: 0.09" in lines
+    assert "| ensemble | 4.400 |" in report_markdown(result)
+
+
+def test_quiet_flag_is_accepted_after_the_sub_command(patient090, capsys):
+    assert main(["info", str(patient090.folder), "-q"]) == 0
+    assert "patient090" in capsys.readouterr().out
