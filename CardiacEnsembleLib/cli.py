@@ -326,6 +326,35 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .acdc import find_patients, load_splits
+    from .batch import segment_studies
+
+    ids = load_splits(args.data)[args.split] if args.split else args.patients
+    patients = find_patients(args.data, ids)
+    if not patients:
+        raise CaseError(f"{args.data}: no ACDC patient folders found")
+    if not args.verbose:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    where = args.scheduler or f"a local Dask cluster of {args.workers} worker processes"
+    print(f"segmenting {len(patients)} studies on {where}")
+    bar = ProgressBar("batch", not args.quiet)
+    try:
+        results = segment_studies([p.folder for p in patients], args.output,
+                                  workers=args.workers, scheduler=args.scheduler,
+                                  models_dir=args.models, device=args.device,
+                                  fusion=args.fusion, overwrite=args.overwrite, progress=bar)
+    finally:
+        bar.close()
+    for r in results:
+        dice = " ".join(f"{phase} " + "/".join(f"{v:.3f}" for v in scores.values())
+                        for phase, scores in r.dice.items())
+        print(f"{r.patient}: {r.seconds:.1f} s on {r.worker}" + (f" | Dice RV/Myo/LV {dice}"
+                                                                if dice else ""))
+    print(f"wrote {2 * len(results)} label maps to {args.output}")
+    return 0
+
+
 def cmd_ship(args) -> int:
     from .ensemble import DEFAULT_MODELS_DIR
     from .zoo import ship_runs
@@ -430,6 +459,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--overwrite", action="store_true")
     _add_model_options(bench)
     bench.set_defaults(run=cmd_benchmark)
+
+    batch = commands.add_parser("batch", help="segment many patient folders on a Dask cluster "
+                                              "(local workers or a remote scheduler)")
+    batch.add_argument("--data", type=Path, required=True, help="ACDC root or folder of patients")
+    picked = batch.add_mutually_exclusive_group()
+    picked.add_argument("--patients", nargs="+", default=None)
+    picked.add_argument("--split", choices=("train", "validation", "test"))
+    batch.add_argument("--output", "-o", type=Path, required=True, help="folder for label maps")
+    batch.add_argument("--workers", type=int, default=2,
+                       help="local worker processes (ignored with --scheduler)")
+    batch.add_argument("--scheduler", default=None,
+                       help="address of a running Dask scheduler, e.g. tcp://host:8786")
+    batch.add_argument("--models", type=Path, default=None)
+    batch.add_argument("--fusion", default=None, choices=FUSION_RULES)
+    batch.add_argument("--device", default="cpu")
+    batch.add_argument("--overwrite", action="store_true")
+    batch.set_defaults(run=cmd_batch)
 
     ship = commands.add_parser("ship", help="package training runs as the shipped ensemble "
                                             "(fp16 members + manifest.json)")
