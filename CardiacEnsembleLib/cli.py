@@ -495,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .inference import Cancelled
+    from .cancel import Cancelled
     from .members import MemberError
 
     try:

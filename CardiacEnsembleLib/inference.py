@@ -7,40 +7,17 @@ message)` and checks a `CancelToken` between batches, so a Cancel stops within o
 from __future__ import annotations
 
 import logging
-import threading
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-log = logging.getLogger(__name__)
+from .cancel import CancelToken, Cancelled, Progress  # noqa: F401  (also importable from here)
 
-Progress = Callable[[int, int, str], None]
+log = logging.getLogger(__name__)
 
 
 class DeviceError(ValueError):
     """A device the user asked for that this machine cannot provide."""
-
-
-class Cancelled(Exception):
-    """The user cancelled; partial results are discarded, nothing is written."""
-
-
-class CancelToken:
-    """Thread-safe flag a UI (or Ctrl-C handler) sets and the inference loop checks."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise Cancelled("cancelled by the user")
 
 
 def pick_device(requested: str = "auto") -> torch.device:

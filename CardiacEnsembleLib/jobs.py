@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .inference import CancelToken, Cancelled, Progress
+from .cancel import CancelToken, Cancelled, Progress
 
 
 @dataclass(frozen=True)

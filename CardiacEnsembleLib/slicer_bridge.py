@@ -273,7 +273,13 @@ def case_from_volume(volume_node, ground_truth=None, *,
                 phase=get_attribute(volume_node, "phase") or "",
                 frame=number("frame", int), group=get_attribute(volume_node, "group"),
                 height_cm=number("height_cm", float), weight_kg=number("weight_kg", float),
-                source=get_attribute(volume_node, "source") or volume_node.GetName())
+                source=get_attribute(volume_node, "source") or _file_of(volume_node))
+
+
+def _file_of(node) -> str:
+    """The file a node was loaded from (for messages), else its name."""
+    storage = node.GetStorageNode()
+    return (storage.GetFileName() if storage is not None else None) or node.GetName()
 
 
 def _add_volume_like(scene, reference_volume, array: np.ndarray, name: str,
@@ -763,7 +769,11 @@ def _empty_segmentations(scene) -> list[str]:
 
 
 def save_scene(scene, path: Path | str, *, overwrite: bool = False) -> Path:
-    """Save the scene as `scene.mrml` + a `<stem>_data/` folder of files, or as one `.mrb`."""
+    """Save the scene as `scene.mrml` + a `<stem>_data/` folder of files, or as one `.mrb`.
+
+    Tables go through Slicer's table writer, which keeps 6 significant digits; for exact
+    numbers use `write_table_csv`.
+    """
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)

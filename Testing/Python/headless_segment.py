@@ -22,7 +22,8 @@ import argparse
 import sys
 from pathlib import Path
 
-REPOSITORY = Path(__file__).resolve().parents[2]
+# Slicer's --python-script may run this without __file__; its argv[0] is then the script.
+REPOSITORY = Path(globals().get("__file__") or sys.argv[0]).resolve().parents[2]
 if str(REPOSITORY) not in sys.path:  # run from a checkout, inside Slicer or plain Python
     sys.path.insert(0, str(REPOSITORY))
 

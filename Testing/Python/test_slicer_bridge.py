@@ -11,6 +11,7 @@ import math
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,58 @@ def test_edited_segmentation_scores_the_lower_dice_the_library_computes(bridge, 
     assert dice["Myo"] < 1.0 and dice["RV"] == 1.0 and dice["LV"] == 1.0
 
 
+def _import_module_without_qt(monkeypatch, scene):
+    """CardiacEnsemble.py with Qt and the app-only parts of `slicer` replaced by stubs.
+
+    The Logic holds no Qt, so with `slicer.mrmlScene` pointed at a wired slicer-core scene it
+    runs for real; only the Widget (never instantiated here) would need the application.
+    """
+    import importlib.util
+    import types
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
+                 "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, type(name, (Base,), {}))
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: tuple(choices)
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "CardiacEnsemble", ROOT / "CardiacEnsemble" / "CardiacEnsemble.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_module_logic_loads_segments_and_evaluates_like_the_bridge(
+        bridge, monkeypatch, untrained_models, bridged_prediction):
+    wired = bridge.create_scene()
+    module = _import_module_without_qt(monkeypatch, wired.scene)
+    logic = module.CardiacEnsembleLogic()
+    assert logic.shippedMemberNames(str(untrained_models)) == \
+        ["unet-mnv2", "linknet-mnv2", "fpn-mnv2"]
+    loaded = logic.loadACDCCase(SAMPLE, phases=("ED",))
+    volume, truth = loaded["ED"].volume, loaded["ED"].ground_truth
+    with pytest.raises(bridge.SlicerBridgeError, match="no input volume"):
+        logic.segment(None, modelsDir=str(untrained_models), device="cpu")
+    nodes = logic.segment(volume, modelsDir=str(untrained_models), device="cpu", wait=True)
+    expected = bridge.labels_from_segmentation(bridged_prediction[1].segmentation)
+    np.testing.assert_array_equal(bridge.labels_from_segmentation(nodes.segmentation), expected)
+    assert logic.uncertaintyVolume(nodes.segmentation) is nodes.uncertainty
+    table = logic.evaluate(nodes.segmentation, truth)
+    assert bridge.table_rows(table) == bridge.evaluate_segmentation(nodes.segmentation, truth)
+    assert logic.evaluate(nodes.segmentation, truth) is table  # Evaluate again reuses it
+    assert logic.diceSummary(table).startswith("Dice: RV ")
+
+
 # --------------------------------------------------------------------------- files
 
 def _fake_prediction(case):
@@ -279,7 +332,7 @@ def _fake_prediction(case):
 
     rolled = np.roll(case.labels, 1, axis=1)
     uncertainty = np.linspace(0, 1, case.labels.size, dtype=np.float32).reshape(case.labels.shape)
-    return Prediction(labels=case.labels, probabilities=None,
+    return Prediction(labels=np.roll(case.labels, 1, axis=2), probabilities=None,
                       members=[MemberOutput("a", case.labels, 0.1), MemberOutput("b", rolled, 0.2)],
                       uncertainty=uncertainty, disagreement=np.zeros_like(uncertainty),
                       geometry=case.geometry, fusion="vote", device="cpu", case_name=case.name)
@@ -318,8 +371,44 @@ def test_scene_with_results_saves_and_reloads_intact(bridge, tmp_path, scene_fil
     assert not linked.members["b"].GetDisplayNode().GetVisibility()
     np.testing.assert_array_equal(arrayFromVolume(linked.uncertainty), prediction.uncertainty)
     table = bridge.node_by_name(reloaded, "result metrics", "vtkMRMLTableNode")
-    assert bridge.table_rows(table) == rows
+    again_rows = bridge.table_rows(table)
+    # Slicer's table writer keeps 6 significant digits (the CSV export keeps all of them)
+    assert [replace(r, value=0.0) for r in again_rows] == [replace(r, value=0.0) for r in rows]
+    assert [r.value for r in again_rows] == pytest.approx([r.value for r in rows], rel=1e-5,
+                                                          nan_ok=True)
+    assert any(0.0 < r.value < 1.0 for r in rows if r.measure == "Dice")
     assert bridge.get_attribute(result, "method") == "ensemble-vote"
+
+
+def test_segmenting_again_into_the_same_output_replaces_members_and_uncertainty(bridge):
+    wired = bridge.create_scene()
+    scene = wired.scene
+    loaded = bridge.load_acdc_case(scene, SAMPLE, phases=("ES",))
+    prediction = _fake_prediction(loaded["ES"].case)
+    output = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my output")
+    first = bridge.add_prediction(scene, prediction, loaded["ES"].volume, output=output)
+    count = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    second = bridge.add_prediction(scene, prediction, loaded["ES"].volume, output=output)
+    assert second.segmentation is output is first.segmentation
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    assert all(scene.GetNodeByID(n.GetID()) is None for n in first.members.values())
+    assert set(bridge.prediction_nodes(output).members) == {"a", "b"}
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2  # image + uncertainty
+
+
+def test_a_failing_background_job_hands_its_error_to_the_main_thread():
+    from CardiacEnsembleLib.jobs import BackgroundJob
+
+    def work(progress, cancel):
+        progress(1, 4, "first")
+        raise ArithmeticError("member 2 failed")
+
+    job = BackgroundJob(work, name="failing")
+    assert job.wait(timeout=30)
+    status = job.status()
+    assert (status.done, status.completed, status.total, status.message) == (True, 1, 4, "first")
+    with pytest.raises(ArithmeticError, match="member 2 failed"):
+        job.result()
 
 
 def test_segmentation_file_keeps_names_terminology_and_voxels(bridge, sample_loaded, tmp_path):
