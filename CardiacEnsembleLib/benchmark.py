@@ -166,7 +166,7 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
             result = ConfigResult(name, members)
             with PeakMemory() as memory:
                 for patient, phase in frames:  # warm-up: allocator, caches, first-call costs
-                    _time_frame(runner, patient, phase, Path(scratch))
+                    result.slices += _time_frame(runner, patient, phase, Path(scratch))[2]
                 for _ in range(repeats):
                     for patient, phase in frames:
                         seconds, stages, slices = _time_frame(runner, patient, phase,
@@ -174,7 +174,6 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
                         result.frame_seconds.append(seconds)
                         for stage, value in stages.items():
                             result.stages[stage].append(value)
-                result.slices = sum(p.load(ph, with_gt=False).image.shape[0] for p, ph in frames)
                 if cine is not None:
                     segment_cine(runner, cine[0], cine[1])  # warm-up at the cine's size
                     for _ in range(cine_repeats):

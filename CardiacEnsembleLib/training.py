@@ -79,6 +79,7 @@ class SliceSet:
     images: torch.Tensor  # (N, 1, H, W) normalised
     labels: torch.Tensor  # (N, H, W) int64
     sizes: torch.Tensor  # (N, 2) the real (h, w) of each slice inside its canvas
+    centroids: torch.Tensor  # (N, 2) foreground centre (row, col); NaN on slices with none
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -104,7 +105,23 @@ def build_slice_set(cases: Sequence[Case], spec: MemberSpec) -> SliceSet:
         images.append(padded_image)
         labels.append(padded_label[:, 0].long())
         sizes.append(torch.tensor([[image.shape[-2], image.shape[-1]]] * image.shape[0]))
-    return SliceSet(torch.cat(images), torch.cat(labels), torch.cat(sizes))
+    labels_all = torch.cat(labels)
+    return SliceSet(torch.cat(images), labels_all, torch.cat(sizes),
+                    foreground_centroids(labels_all))
+
+
+def foreground_centroids(labels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) labels -> (N, 2) mean (row, col) of the non-background pixels, NaN if none.
+
+    Computed once per slice set: batch sampling needs it for every crop of every step.
+    """
+    mask = (labels > 0).float()
+    count = mask.sum(dim=(1, 2))
+    rows = torch.arange(labels.shape[1], dtype=torch.float32)[None, :, None]
+    cols = torch.arange(labels.shape[2], dtype=torch.float32)[None, None, :]
+    centre = torch.stack([(mask * rows).sum(dim=(1, 2)), (mask * cols).sum(dim=(1, 2))], 1)
+    return torch.where(count[:, None] > 0, centre / count.clamp_min(1)[:, None],
+                       torch.full_like(centre, float("nan")))
 
 
 def sample_batch(data: SliceSet, indices: torch.Tensor, patch: int,
@@ -113,9 +130,9 @@ def sample_batch(data: SliceSet, indices: torch.Tensor, patch: int,
     images, labels = [], []
     for i in indices.tolist():
         h, w = data.sizes[i].tolist()
-        foreground = torch.nonzero(data.labels[i, :h, :w])
-        if len(foreground) and torch.rand(1, generator=generator).item() < 2 / 3:
-            centre = foreground.float().mean(0) + (torch.rand(2, generator=generator) - .5) * 64
+        has_foreground = not bool(torch.isnan(data.centroids[i, 0]))
+        if has_foreground and torch.rand(1, generator=generator).item() < 2 / 3:
+            centre = data.centroids[i] + (torch.rand(2, generator=generator) - .5) * 64
         else:
             centre = torch.rand(2, generator=generator) * torch.tensor([h, w])
         oy, ox = (patch // 2 - int(centre[0])), (patch // 2 - int(centre[1]))
