@@ -36,13 +36,30 @@ from slicer.util import VTKObservationMixin
 # Installed, CardiacEnsembleLib sits beside this file; in a source checkout (module path added
 # in Application settings) it sits one folder up.
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_LIB_PARENT = _HERE
 for _folder in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_folder, "CardiacEnsembleLib")):
+        _LIB_PARENT = _folder
         if _folder not in sys.path:
             sys.path.insert(0, _folder)
         break
 
 FUSION_RULES = ["mean", "weighted", "vote", "staple"]
+
+
+def _shipped_fusion_rule() -> str:
+    """The rule chosen on validation for the shipped ensemble (its manifest), so the panel's
+    default gives what the command line gives. Read as plain JSON: this runs before torch and
+    the Lib's dependencies may be installed."""
+    path = os.path.join(_LIB_PARENT, "CardiacEnsembleLib", "models", "manifest.json")
+    try:
+        with open(path) as handle:
+            rule = json.load(handle).get("fusion", "mean")
+    except (OSError, ValueError):
+        return "mean"
+    return rule if rule in FUSION_RULES else "mean"
+
+
 DEVICES = ["auto", "cpu", "cuda"]
 #: Python packages the library needs beyond what Slicer ships (import name -> pip requirement).
 #: torch comes through the PyTorch extension (or pip when it is absent).
@@ -101,7 +118,7 @@ class CardiacEnsembleParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     groundTruth: vtkMRMLSegmentationNode
     outputSegmentation: vtkMRMLSegmentationNode
-    fusion: Annotated[str, Choice(FUSION_RULES)] = "mean"
+    fusion: Annotated[str, Choice(FUSION_RULES)] = _shipped_fusion_rule()
     tta: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
     excludedMembers: list[str]

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -193,3 +193,17 @@ def load_splits(root: Path | str) -> dict[str, list[str]]:
         raise CaseError(f"{root}: has no splits.json (the fixed train/validation/test split)")
     splits = json.loads(path.read_text())
     return {name: list(splits[name]) for name in ("train", "validation", "test")}
+
+
+class SplitLeakError(RuntimeError):
+    """A test patient was about to be used for training or model selection."""
+
+
+def check_no_test_patients(patient_ids: Sequence[str], splits: dict[str, list[str]],
+                           purpose: str) -> None:
+    """Refuse `purpose` (training, weight search, ...) if it would read a test patient: the
+    test split is used once, for the report, or its numbers stop meaning anything."""
+    leaked = sorted(set(patient_ids) & set(splits["test"]))
+    if leaked:
+        raise SplitLeakError(f"{purpose} would read test patient(s) {leaked}; the test split is "
+                             f"reserved for the final report")

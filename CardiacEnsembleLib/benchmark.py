@@ -163,6 +163,8 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
     with tempfile.TemporaryDirectory(prefix="ce-bench-") as scratch:
         for name, members in configs:
             runner = ensemble if name == "ensemble" else ensemble.subset(members)
+            if name != "ensemble":
+                runner.postprocess = ()  # a member alone, as the network produces it
             result = ConfigResult(name, members)
             with PeakMemory() as memory:
                 for patient, phase in frames:  # warm-up: allocator, caches, first-call costs

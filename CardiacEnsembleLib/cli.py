@@ -197,7 +197,9 @@ def _extra_outputs(out: Path, args) -> list[Path]:
 
 def cmd_evaluate(args) -> int:
     from .acdc import find_patients, load_splits
-    from .evaluation import evaluate, summary_table, write_clinical_csv, write_scores_csv
+    from .evaluation import (evaluate, member_steps, shipped_method, summary_table,
+                             write_clinical_csv, write_scores_csv)
+    from .postprocess import variant_name
 
     if args.data is None:
         args.data = SAMPLE_DIR.parent
@@ -210,7 +212,11 @@ def cmd_evaluate(args) -> int:
         raise CaseError(f"{args.data}: no ACDC patient folders found")
     if args.out.exists() and not args.out.is_dir():
         raise FileExistsError(f"{args.out}: is a file; --out must be a folder")
+    if args.record_in_manifest and args.split != "test":
+        raise SystemExit("--record-in-manifest records test metrics: use it with --split test")
     outputs = [args.out / name for name in ("scores.csv", "clinical.csv", "summary.md")]
+    if args.report is not None:
+        outputs.append(args.report)
     existing = [p for p in outputs if p.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
@@ -233,7 +239,48 @@ def cmd_evaluate(args) -> int:
     outputs[2].write_text(text)
     print(table)
     print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}")
+    shipped = shipped_method(ensemble)
+    members = ensemble.names + [m + variant_name(member_steps(ensemble.postprocess))
+                                for m in ensemble.names if member_steps(ensemble.postprocess)]
+    if args.report is not None:
+        _write_evaluation_report(args, ensemble, result, patients, shipped, members)
+    if args.record_in_manifest:
+        _record_test_metrics(args, result, patients, shipped, members)
     return 0
+
+
+def _write_evaluation_report(args, ensemble, result, patients, shipped, members) -> None:
+    from .acdc import find_patients
+    from .benchmark import run_benchmark
+    from .report import write_report
+
+    benchmark = None
+    if args.benchmark is not None:
+        ids = args.benchmark or [p.patient_id for p in patients[:2]]
+        print(f"benchmark on {', '.join(ids)} (each member alone, then the ensemble)")
+        benchmark = run_benchmark(ensemble, find_patients(args.data, ids), repeats=3)
+    split = f"the {args.split} split" if args.split else "named patients"
+    paths = write_report(result, args.report, shipped=shipped, member_methods=members,
+                         patients=[p.patient_id for p in patients],
+                         title=f"{ensemble.description or 'Ensemble'} on {split} of ACDC",
+                         command="cardiac-ensemble " + " ".join(sys.argv[1:]),
+                         benchmark=benchmark, device=str(ensemble.device))
+    print(f"wrote {', '.join(map(str, paths))}")
+
+
+def _record_test_metrics(args, result, patients, shipped, members) -> None:
+    from .ensemble import DEFAULT_MODELS_DIR, update_manifest
+    from .report import best_member, mean_dice
+
+    if args.members or args.fusion:
+        raise SystemExit("--record-in-manifest describes the shipped setting; drop --members "
+                         "and --fusion")
+    rival = best_member(result, members)
+    path = update_manifest(args.models or DEFAULT_MODELS_DIR, {"test": {
+        "patients": len(patients), "method": shipped, "dice": mean_dice(result, shipped),
+        "best_member": rival, "best_member_dice": mean_dice(result, rival),
+        "members": {m: mean_dice(result, m)["mean"] for m in members}}})
+    print(f"recorded the test metrics in {path}")
 
 
 def cmd_info(args) -> int:
@@ -281,7 +328,8 @@ def cmd_train(args) -> int:
                          patch_size=args.patch_size, learning_rate=args.lr, seed=args.seed,
                          iterations_per_epoch=args.iterations, num_threads=args.threads,
                          max_train_patients=args.max_train_patients,
-                         max_validation_patients=args.max_validation_patients)
+                         max_validation_patients=args.max_validation_patients,
+                         init_from=str(args.init_from or ""))
     from .inference import pick_device
     bar = ProgressBar(f"train {args.recipe}", not args.quiet)
     try:
@@ -361,8 +409,38 @@ def cmd_ship(args) -> int:
 
     path = ship_runs(args.runs, args.models or DEFAULT_MODELS_DIR, name=args.name,
                      version=args.version, fusion=args.fusion, note=args.note,
-                     overwrite=args.overwrite)
+                     description=args.description, overwrite=args.overwrite)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from .ensemble import DEFAULT_MODELS_DIR, update_manifest
+    from .selection import collect_validation_frames, select, write_selection
+
+    if args.fusion is not None:
+        raise SystemExit("select chooses the fusion rule itself; drop --fusion")
+    models_dir = args.models or DEFAULT_MODELS_DIR
+    ensemble = _load_ensemble(args)
+    ensemble.postprocess = ()
+    bar = ProgressBar("members on validation", not args.quiet)
+    try:
+        frames = collect_validation_frames(ensemble, args.data, limit=args.limit, progress=bar)
+    finally:
+        bar.close()
+    selection = select(ensemble, frames, trials=args.trials, seed=args.seed)
+    existing = [p for p in (args.out / "selection.md", args.out / "selection.json") if p.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                              f"(pass --overwrite to replace it)")
+    markdown, data = write_selection(selection, args.out)
+    print(f"chosen: {selection.chosen.name} (validation mean Dice "
+          f"{selection.chosen.dice['mean']:.4f}, mean HD95 {selection.chosen.hd95_mm['mean']:.2f} mm)"
+          f" | wrote {markdown}, {data}")
+    if args.apply:
+        if args.members:
+            raise SystemExit("--apply records a choice for the whole manifest; drop --members")
+        print(f"updated {update_manifest(models_dir, selection.manifest_update())}")
     return 0
 
 
@@ -412,6 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=Path("evaluation"),
                           help="folder for scores.csv, clinical.csv, summary.md")
     evaluate.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    evaluate.add_argument("--report", type=Path, default=None,
+                          help="also write a full Markdown report here (plus a Dice box plot and "
+                               "an accuracy-vs-cost chart beside it), e.g. reports/acdc_test.md")
+    evaluate.add_argument("--benchmark", nargs="*", default=None, metavar="PATIENT",
+                          help="with --report: time each member and the ensemble alone on these "
+                               "patients (default: the first two evaluated) for the cost table")
+    evaluate.add_argument("--record-in-manifest", action="store_true",
+                          help="store the shipped setting's test metrics in the models folder's "
+                               "manifest.json (needs --split test)")
     _add_model_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
@@ -440,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-train-patients", type=int, default=0)
     train.add_argument("--max-validation-patients", type=int, default=0)
     train.add_argument("--device", default="auto")
+    train.add_argument("--init-from", type=Path, default=None,
+                       help="member folder to warm-start from (same recipe), e.g. an earlier "
+                            "run's best/")
     train.set_defaults(run=cmd_train)
 
     bench = commands.add_parser("benchmark", help="time each member and the ensemble side by "
@@ -477,6 +567,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true")
     batch.set_defaults(run=cmd_batch)
 
+    chooser = commands.add_parser("select", help="choose fusion rule, member weights and "
+                                  "post-processing on the validation split")
+    chooser.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
+    chooser.add_argument("--out", type=Path, default=Path("reports/validation_selection"))
+    chooser.add_argument("--trials", type=int, default=64, help="random-search draws")
+    chooser.add_argument("--seed", type=int, default=0)
+    chooser.add_argument("--limit", type=int, default=0, help="first N validation patients only")
+    chooser.add_argument("--apply", action="store_true",
+                         help="write the choice into the models folder's manifest.json")
+    chooser.add_argument("--overwrite", action="store_true")
+    _add_model_options(chooser)
+    chooser.set_defaults(run=cmd_select)
+
     ship = commands.add_parser("ship", help="package training runs as the shipped ensemble "
                                             "(fp16 members + manifest.json)")
     ship.add_argument("runs", nargs="+", type=Path, help="training run folders (with best/)")
@@ -486,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--version", required=True)
     ship.add_argument("--fusion", default="mean")
     ship.add_argument("--note", default="", help="shown to users whenever the ensemble loads")
+    ship.add_argument("--description", default="", help="one line naming the ensemble (reports)")
     ship.add_argument("--overwrite", action="store_true")
     ship.set_defaults(run=cmd_ship)
     return parser

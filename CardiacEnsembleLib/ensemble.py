@@ -20,6 +20,7 @@ from .fusion import FUSION_RULES, fuse
 from .inference import (CancelToken, Progress, optimize_for_inference, pick_device,
                         predict_slices)
 from .members import Member, MemberError, load_member
+from .postprocess import apply_steps, check_steps, variant_name
 from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities
 
 MANIFEST_FILE = "manifest.json"
@@ -34,6 +35,7 @@ class Ensemble:
     tta: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
+    postprocess: tuple[str, ...] = ()  # steps of `postprocess.POSTPROCESS_STEPS` after fusion
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -43,6 +45,7 @@ class Ensemble:
                              f"{', '.join(FUSION_RULES)}")
         if self.weights is not None and len(self.weights) != len(self.members):
             raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        self.postprocess = check_steps(self.postprocess)
         names = [m.name for m in self.members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique, got {names}")
@@ -57,9 +60,13 @@ class Ensemble:
         if unknown:
             raise ValueError(f"no member(s) {unknown}; this ensemble has {self.names}")
         keep = [self.names.index(n) for n in names]
+        if len(keep) == 1:  # one member alone: its own argmax, whatever the rule and weights
+            steps = tuple(s for s in self.postprocess if s != "gate")
+            return Ensemble([self.members[keep[0]]], "mean", None, self.tta, self.device,
+                            self.description, steps)
         weights = None if self.weights is None else [self.weights[i] for i in keep]
         return Ensemble([self.members[i] for i in keep], self.fusion, weights, self.tta,
-                        self.device, self.description)
+                        self.device, self.description, self.postprocess)
 
     def member_probabilities(self, case: Case, progress: Optional[Progress] = None,
                              cancel: Optional[CancelToken] = None,
@@ -118,25 +125,36 @@ class Ensemble:
 
     def fuse(self, case: Case, member_probs: torch.Tensor, seconds: Sequence[float],
              rule: str, keep_member_probabilities: bool = False,
-             timings: Optional[dict] = None) -> Prediction:
+             timings: Optional[dict] = None,
+             postprocess: Optional[Sequence[str]] = None) -> Prediction:
         """Turn member probabilities into a Prediction with one rule; evaluation calls this
-        once per rule on the same member outputs instead of re-running the networks."""
+        once per rule on the same member outputs instead of re-running the networks.
+
+        `postprocess` (steps, default: the ensemble's own) cleans the fused labels only; the
+        members' label maps stay as the networks produced them."""
         timings = dict(timings or {})
         timings["members"] = float(sum(seconds))
         t0 = time.perf_counter()
         result = fuse(rule, member_probs, self.weights if rule == "weighted" else None)
         member_labels = result.member_labels.cpu().numpy()
+        labels = np.asarray(result.labels, dtype=np.uint8)
         timings["fusion"] = time.perf_counter() - t0
+        steps = self.postprocess if postprocess is None else check_steps(postprocess)
+        if steps:
+            t0 = time.perf_counter()
+            labels = apply_steps(labels, steps, member_labels)
+            timings["postprocess"] = time.perf_counter() - t0
         members = [MemberOutput(m.name, member_labels[i], float(seconds[i]),
                                 member_probs[i].cpu().numpy() if keep_member_probabilities
                                 else None) for i, m in enumerate(self.members)]
         probabilities = None if result.probabilities is None else \
             result.probabilities.float().cpu().numpy()
-        return Prediction(labels=np.asarray(result.labels, dtype=np.uint8),
+        return Prediction(labels=labels,
                           probabilities=probabilities, members=members,
                           uncertainty=result.uncertainty.float().cpu().numpy(),
                           disagreement=result.disagreement.float().cpu().numpy(),
-                          geometry=case.geometry, fusion=rule, device=str(self.device),
+                          geometry=case.geometry, fusion=rule + variant_name(steps),
+                          device=str(self.device),
                           timings=timings, case_name=case.name)
 
 
@@ -166,7 +184,8 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> dict:
 
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
                   members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
-                  device: str = "auto", tta: bool = False, optimize: bool = True) -> Ensemble:
+                  device: str = "auto", tta: bool = False, optimize: bool = True,
+                  postprocess: Optional[Sequence[str]] = None) -> Ensemble:
     """Load the ensemble a manifest describes (by default the one shipped with the package).
 
     Every member is verified (sha256 against the manifest and its own spec) before loading;
@@ -196,7 +215,9 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     weights = [float(weights_by_name[m.name]) for m in loaded] \
         if all(m.name in weights_by_name for m in loaded) and weights_by_name else None
     rule = fusion or manifest.get("fusion", "mean")
-    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""))
+    steps = tuple(manifest.get("postprocess") or ()) if postprocess is None else postprocess
+    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""),
+                    steps)
 
 
 def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, name: str,
@@ -218,9 +239,30 @@ def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, na
                         "arch": spec.arch, "encoder": spec.encoder, "version": spec.version,
                         "sha256": spec.weights_sha256,
                         "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
-                        "validation": spec.metrics.get("validation_dice")})
+                        "validation": spec.metrics.get("validation_dice"),
+                        "download_url": None})
     manifest = {"name": name, "version": version, "fusion": fusion, "weights": weights or {},
                 "note": note, "description": description, "members": entries}
-    path = models_dir / MANIFEST_FILE
-    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return _write_json(models_dir / MANIFEST_FILE, manifest)
+
+
+def update_manifest(models_dir: Path | str, updates: dict) -> Path:
+    """Merge settings (chosen on validation) or metrics (measured on test) into manifest.json.
+
+    Why a merge and not a rewrite: the member entries and their sha256 describe the weights and
+    must not change when only the ensemble's settings or its report change. Keys that would
+    touch them are refused.
+    """
+    if "members" in updates:
+        raise ValueError("update_manifest does not change member entries; re-ship the members")
+    models_dir = Path(models_dir)
+    manifest = read_manifest(models_dir)
+    manifest.update(updates)
+    return _write_json(models_dir / MANIFEST_FILE, manifest)
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    staging = path.with_name(path.name + ".partial")
+    staging.write_text(json.dumps(data, indent=1) + "\n")
+    staging.replace(path)
     return path

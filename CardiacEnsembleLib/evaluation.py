@@ -21,6 +21,7 @@ from .ensemble import Ensemble
 from .fusion import FUSION_RULES
 from .inference import CancelToken, Progress
 from .metrics import ClinicalIndices, clinical_indices, score_labels
+from .postprocess import apply_steps, variant_name
 
 
 @dataclass
@@ -52,8 +53,19 @@ class Evaluation:
     methods: list[str] = field(default_factory=list)
 
 
-def ensemble_method(rule: str) -> str:
-    return f"ensemble-{rule}"
+def ensemble_method(rule: str, steps: Sequence[str] = ()) -> str:
+    return f"ensemble-{rule}{variant_name(steps)}"
+
+
+def shipped_method(ensemble: Ensemble) -> str:
+    """The method name of what `segment` produces with this ensemble's own settings."""
+    return ensemble_method(ensemble.fusion, ensemble.postprocess)
+
+
+def member_steps(steps: Sequence[str]) -> tuple[str, ...]:
+    """The post-processing a single member can get on its own: gating needs the other members'
+    opinions, so a lone member gets only the connected-component step."""
+    return tuple(s for s in steps if s != "gate")
 
 
 def default_rules(ensemble: Ensemble) -> list[str]:
@@ -63,11 +75,21 @@ def default_rules(ensemble: Ensemble) -> list[str]:
 def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
              rules: Optional[Sequence[str]] = None, *, progress: Optional[Progress] = None,
              cancel: Optional[CancelToken] = None) -> Evaluation:
-    """Members and fusion rules on the ED and ES frames of `patients` (ground truth needed)."""
+    """Members and fusion rules on the ED and ES frames of `patients` (ground truth needed).
+
+    Each is scored as the networks produce it; when the ensemble has post-processing, members
+    and rules are scored again with it (members with the steps a lone member can use), so the
+    clean-up's effect is measured, and the best member gets the same help as the ensemble.
+    """
     rules = list(rules or default_rules(ensemble))
     if "weighted" in rules and ensemble.weights is None:
         raise ValueError("the 'weighted' rule needs ensemble weights (none in the manifest)")
-    result = Evaluation(methods=ensemble.names + [ensemble_method(r) for r in rules])
+    variants = [()] + ([ensemble.postprocess] if ensemble.postprocess else [])
+    member_variants = [()] + ([member_steps(ensemble.postprocess)]
+                              if member_steps(ensemble.postprocess) else [])
+    methods = [m + variant_name(v) for v in member_variants for m in ensemble.names]
+    methods += [ensemble_method(r, v) for v in variants for r in rules]
+    result = Evaluation(methods=methods)
     total = len(patients) * len(PHASES)
     for index, patient in enumerate(patients):
         labels: dict[str, dict[str, np.ndarray]] = {}
@@ -79,11 +101,16 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
             member_probs, seconds = ensemble.member_probabilities(case, cancel=cancel)
             outputs: dict[str, tuple[np.ndarray, float]] = {}
             for rule in rules:
-                prediction = ensemble.fuse(case, member_probs, seconds, rule)
-                t = prediction.timings["members"] + prediction.timings["fusion"]
-                outputs[ensemble_method(rule)] = (prediction.labels, t)
+                for steps in variants:
+                    prediction = ensemble.fuse(case, member_probs, seconds, rule,
+                                               postprocess=steps)
+                    t = sum(prediction.timings.get(k, 0.0)
+                            for k in ("members", "fusion", "postprocess"))
+                    outputs[ensemble_method(rule, steps)] = (prediction.labels, t)
             for member in prediction.members:
-                outputs[member.name] = (member.labels, member.seconds)
+                for steps in member_variants:
+                    cleaned = apply_steps(member.labels, steps) if steps else member.labels
+                    outputs[member.name + variant_name(steps)] = (cleaned, member.seconds)
             for method in result.methods:
                 predicted, t = outputs[method]
                 labels.setdefault(method, {})[phase] = predicted

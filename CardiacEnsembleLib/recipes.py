@@ -17,8 +17,8 @@ RECIPES: dict[str, dict] = {
     "linknet-mnv2": {"arch": "Linknet", "encoder": "mobilenet_v2", "model_kwargs": {}},
     "fpn-mnv2": {"arch": "FPN", "encoder": "mobilenet_v2",
                  "model_kwargs": {"decoder_segmentation_channels": 64}},
-    "deeplabv3plus-effb0": {"arch": "DeepLabV3Plus", "encoder": "efficientnet-b0",
-                            "model_kwargs": {}},
+    "deeplabv3plus-mnv2": {"arch": "DeepLabV3Plus", "encoder": "mobilenet_v2",
+                           "model_kwargs": {}},
 }
 
 

@@ -24,17 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acdc import PHASES, PatientFolder, find_patients, load_splits
+from .acdc import (PHASES, SplitLeakError, check_no_test_patients, find_patients,  # noqa: F401
+                   load_splits)
 from .case import NUM_CLASSES, STRUCTURES, Case
 from .fusion import class_argmax
 from .inference import CancelToken, Progress, predict_slices
 from .members import Member, MemberSpec, create_network, save_member
 from .metrics import dice
 from .preprocess import crop_or_pad, prepare_slices, resample_slices, restore_probabilities
-
-
-class SplitLeakError(RuntimeError):
-    """A test patient was about to be used for training or model selection."""
 
 
 @dataclass
@@ -49,17 +46,10 @@ class TrainConfig:
     num_threads: int = 0  # 0 = torch default
     max_train_patients: int = 0  # 0 = all; a quick run uses a few
     max_validation_patients: int = 0
+    init_from: str = ""  # a member folder to start from (warm start: a new schedule, old weights)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_no_test_patients(patient_ids: Sequence[str], splits: dict[str, list[str]],
-                           purpose: str) -> None:
-    leaked = sorted(set(patient_ids) & set(splits["test"]))
-    if leaked:
-        raise SplitLeakError(f"{purpose} would read test patient(s) {leaked}; the test split is "
-                             f"reserved for the final report")
 
 
 def load_split_cases(data_root: Path, split: str, limit: int = 0) -> list[Case]:
@@ -245,6 +235,8 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
         torch.set_rng_state(saved["torch_rng"])
         state = TrainState(**saved["state"])
         log(f"{spec.name}: resumed from {checkpoint} after epoch {state.epoch}")
+    elif config.init_from:
+        _warm_start(network, spec, Path(config.init_from), log)
     use_amp = device.type == "cuda"
     patients = sorted({c.patient_id for c in train_cases})
     spec.training = {"data": "ACDC (Bernard et al., IEEE TMI 2018)", "split": "splits.json",
@@ -296,6 +288,26 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
             f"{row['seconds']:.0f}s")
     from .members import load_member
     return load_member(out_dir / "best", device)
+
+
+def _warm_start(network: torch.nn.Module, spec: MemberSpec, folder: Path,
+                log: Callable[[str], None]) -> None:
+    """Copy a finished member's weights into `network` before the first step.
+
+    Why: CPU time is the scarce resource here, and a member trained under a short schedule is a
+    better start than random weights for a longer one. The source must be the same network
+    (arch, encoder, decoder options), or the copy is refused rather than half-applied.
+    """
+    from .members import MemberError, load_member
+    source = load_member(folder)
+    mine = (spec.arch, spec.encoder, spec.model_kwargs)
+    theirs = (source.spec.arch, source.spec.encoder, source.spec.model_kwargs)
+    if mine != theirs:
+        raise MemberError(f"{folder}: cannot warm-start {spec.name} from it: it is {theirs}, "
+                          f"this member is {mine}")
+    network.load_state_dict(source.network.state_dict())
+    log(f"{spec.name}: warm start from {folder} (validation Dice "
+        f"{source.spec.metrics.get('validation_dice', {}).get('mean', float('nan')):.4f})")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

@@ -66,3 +66,20 @@ def test_resume_after_an_interruption_continues_the_same_curve(acdc, tmp_path):
         assert float(got["val_dice_mean"]) == pytest.approx(float(expected["val_dice_mean"]),
                                                             abs=1e-6)
     assert member.spec.training["train_patients"] == [load_splits(acdc)["train"][0]]
+
+
+def test_warm_start_copies_a_members_weights_and_refuses_another_network(untrained_models):
+    import torch
+
+    from CardiacEnsembleLib.members import MemberError, create_network, load_member
+    from CardiacEnsembleLib.training import _warm_start
+
+    spec = recipe_spec("fpn-mnv2")
+    network = create_network(spec)
+    _warm_start(network, spec, untrained_models / "fpn-mnv2", log=lambda line: None)
+    source = load_member(untrained_models / "fpn-mnv2").network.state_dict()
+    for name, value in network.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    with pytest.raises(MemberError, match="cannot warm-start unet-mnv2"):
+        _warm_start(create_network(recipe_spec("unet-mnv2")), recipe_spec("unet-mnv2"),
+                    untrained_models / "fpn-mnv2", log=lambda line: None)

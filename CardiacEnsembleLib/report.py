@@ -1,0 +1,217 @@
+"""The accuracy-and-cost report of an ensemble on ground-truth patients (`reports/acdc_test.md`).
+
+Built from one `evaluation.Evaluation` (members, fusion rules, post-processing, all on the same
+member outputs) and, optionally, one `benchmark.BenchmarkResult` (time and peak memory of each
+member alone and of the ensemble, measured side by side). It answers the project's question in
+its first lines: how much accuracy does the shipped ensemble buy over its best member, per
+structure, and at what cost. Every table below that is the evidence.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .acdc import PHASES
+from .benchmark import BenchmarkResult
+from .case import STRUCTURES
+from .evaluation import Evaluation, ScoreRow, _mean_sd, summary_table
+
+#: The issue's bar for the shipped ensemble on the test split.
+TARGET_MEAN_DICE = 0.89
+TARGET_GAIN_POINTS = 0.5
+MAX_STRUCTURE_LOSS_POINTS = 0.2
+
+
+def mean_dice(evaluation: Evaluation, method: str) -> dict[str, float]:
+    """Mean Dice per structure over frames, and "mean": their average (the ACDC headline)."""
+    rows = [r for r in evaluation.scores if r.method == method]
+    if not rows:
+        raise ValueError(f"no scores for method {method!r}; have {evaluation.methods}")
+    result = {s: float(np.mean([r.dice for r in rows if r.structure == s])) for s in STRUCTURES}
+    result["mean"] = float(np.mean([result[s] for s in STRUCTURES]))
+    return result
+
+
+def best_member(evaluation: Evaluation, member_methods: Sequence[str]) -> str:
+    return max(member_methods, key=lambda m: mean_dice(evaluation, m)["mean"])
+
+
+def headline(evaluation: Evaluation, shipped: str, member_methods: Sequence[str]) -> list[str]:
+    """The verdict lines: the shipped ensemble against the best member, in Dice points."""
+    ours = mean_dice(evaluation, shipped)
+    rival = best_member(evaluation, member_methods)
+    theirs = mean_dice(evaluation, rival)
+    gain = {k: 100 * (ours[k] - theirs[k]) for k in ours}
+    worst = min(STRUCTURES, key=lambda s: gain[s])
+    checks = [
+        (f"mean Dice {ours['mean']:.4f}", ours["mean"] >= TARGET_MEAN_DICE,
+         f"target >= {TARGET_MEAN_DICE}"),
+        (f"gain over the best member ({rival}, {theirs['mean']:.4f}): "
+         f"{gain['mean']:+.2f} points", gain["mean"] >= TARGET_GAIN_POINTS,
+         f"target >= +{TARGET_GAIN_POINTS}"),
+        (f"largest per-structure loss: {worst} {gain[worst]:+.2f} points",
+         gain[worst] >= -MAX_STRUCTURE_LOSS_POINTS,
+         f"target no loss over {MAX_STRUCTURE_LOSS_POINTS}"),
+    ]
+    lines = [f"Shipped ensemble: **{shipped}**. Best single member by mean Dice: **{rival}**.", "",
+             "| | " + " | ".join(f"Dice {s}" for s in STRUCTURES) + " | Dice mean |",
+             "|---|---|---|---|---|"]
+    for name, values in ((shipped, ours), (rival, theirs)):
+        lines.append(f"| {name} | " + " | ".join(f"{values[s]:.4f}" for s in STRUCTURES)
+                     + f" | {values['mean']:.4f} |")
+    lines.append("| difference (points) | " + " | ".join(f"{gain[s]:+.2f}" for s in STRUCTURES)
+                 + f" | {gain['mean']:+.2f} |")
+    lines += [""] + [f"- {text}: **{'met' if ok else 'NOT met'}** ({target})"
+                     for text, ok, target in checks]
+    return lines
+
+
+def phase_table(evaluation: Evaluation, phase: str) -> str:
+    """Dice, HD95 and MSD per structure (mean ± sd over patients) for one phase."""
+    header = (["method"] + [f"Dice {s}" for s in STRUCTURES] + [f"HD95 {s}" for s in STRUCTURES]
+              + [f"MSD {s}" for s in STRUCTURES])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method in evaluation.methods:
+        rows = [r for r in evaluation.scores if r.method == method and r.phase == phase]
+        cells = [method]
+        for attribute, digits in (("dice", 3), ("hd95_mm", 1), ("msd_mm", 2)):
+            cells += [_mean_sd([getattr(r, attribute) for r in rows if r.structure == s], digits)
+                      for s in STRUCTURES]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def clinical_table(evaluation: Evaluation) -> str:
+    """LV and RV ejection fraction: absolute error (points) and Pearson r against the ground
+    truth, over patients; plus LV end-diastolic volume error."""
+    reference = {r.patient: r.indices for r in evaluation.clinical if r.method == "reference"}
+    lines = ["| method | LV EF abs. error (%) | LV EF r | RV EF abs. error (%) | RV EF r "
+             "| LV EDV abs. error (ml) |", "|---|---|---|---|---|---|"]
+    for method in evaluation.methods:
+        rows = [r for r in evaluation.clinical if r.method == method]
+        cells = [method]
+        for field in ("lv_ef_pct", "rv_ef_pct"):
+            predicted = np.array([getattr(r.indices, field) for r in rows])
+            truth = np.array([getattr(reference[r.patient], field) for r in rows])
+            cells += [_mean_sd(list(np.abs(predicted - truth)), 1), _pearson(predicted, truth)]
+        cells.append(_mean_sd([abs(r.indices.lv_edv_ml - reference[r.patient].lv_edv_ml)
+                               for r in rows], 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> str:
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.std(a[keep]) == 0 or np.std(b[keep]) == 0:
+        return "n/a"
+    return f"{np.corrcoef(a[keep], b[keep])[0, 1]:.3f}"
+
+
+def cost_table(benchmark: BenchmarkResult, evaluation: Evaluation, shipped: str) -> str:
+    lines = ["| configuration | median s/frame | peak RSS (GiB) | mean Dice (this evaluation) |",
+             "|---|---|---|---|"]
+    for config in benchmark.configs:
+        method = shipped if config.name == "ensemble" else config.name
+        dice = mean_dice(evaluation, method)["mean"] if method in evaluation.methods else math.nan
+        lines.append(f"| {config.name}{' (' + shipped + ')' if config.name == 'ensemble' else ''}"
+                     f" | {config.median_frame:.3f} | {config.peak_rss_bytes / 2**30:.2f} | "
+                     f"{dice:.4f} |")
+    return "\n".join(lines)
+
+
+def plot_dice_boxes(evaluation: Evaluation, methods: Sequence[str], png_path: Path) -> None:
+    """Per-frame Dice of each structure, one box per method (members beside the ensembles)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(STRUCTURES), figsize=(4.2 * len(STRUCTURES), 4.4),
+                                dpi=110, sharey=True)
+    for axis, structure in zip(axes, STRUCTURES):
+        data = [[r.dice for r in evaluation.scores if r.method == m and r.structure == structure]
+                for m in methods]
+        boxes = axis.boxplot(data, vert=True, patch_artist=True, showfliers=True,
+                             flierprops={"markersize": 3})
+        for patch, method in zip(boxes["boxes"], methods):
+            patch.set_facecolor("#f4a261" if method.startswith("ensemble") else "#8ecae6")
+        axis.set_xticks(range(1, len(methods) + 1), methods, rotation=60, ha="right",
+                        fontsize=7)
+        axis.set_title(f"{structure} Dice per frame", fontsize=9)
+        axis.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("Dice")
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+
+
+def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
+                       benchmark: Optional[BenchmarkResult] = None, shipped: str = "") -> None:
+    """Mean Dice against seconds per frame: every method from the evaluation run (its own
+    timing), and, when given, the benchmark's quiet-machine timing for members and ensemble."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.8, 4.4), dpi=110)
+    for method in evaluation.methods:
+        seconds = _median_frame_seconds([r for r in evaluation.scores if r.method == method])
+        if benchmark is not None:
+            name = "ensemble" if method == shipped else method
+            if any(c.name == name for c in benchmark.configs):
+                seconds = benchmark.config(name).median_frame
+        dice = mean_dice(evaluation, method)["mean"]
+        colour = "#e76f51" if method == shipped else (
+            "#f4a261" if method.startswith("ensemble") else "#219ebc")
+        axis.scatter(seconds, dice, s=60 if method == shipped else 30, color=colour, zorder=3)
+        axis.annotate(method, (seconds, dice), fontsize=6.5, xytext=(4, 2),
+                      textcoords="offset points")
+    axis.axhline(TARGET_MEAN_DICE, color="grey", lw=0.8, ls="--")
+    axis.set_xlabel("seconds per frame" + (f" ({benchmark.device}, benchmark)"
+                                           if benchmark is not None else ""))
+    axis.set_ylabel("test mean Dice (RV, Myo, LV)")
+    axis.set_title("accuracy vs cost", fontsize=9)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path)
+    plt.close(figure)
+
+
+def _median_frame_seconds(rows: Sequence[ScoreRow]) -> float:
+    return float(np.median(list({(r.patient, r.phase): r.seconds for r in rows}.values())))
+
+
+def write_report(evaluation: Evaluation, path: Path, *, shipped: str,
+                 member_methods: Sequence[str], patients: Sequence[str], title: str,
+                 command: str = "", benchmark: Optional[BenchmarkResult] = None,
+                 device: str = "") -> list[Path]:
+    """Write the Markdown report and its two charts beside it; returns the paths written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    boxes = path.with_name(path.stem + "_dice_boxes.png")
+    cost = path.with_name(path.stem + "_accuracy_cost.png")
+    shown = list(member_methods) + [m for m in evaluation.methods if m.startswith("ensemble")]
+    plot_dice_boxes(evaluation, shown, boxes)
+    plot_accuracy_cost(evaluation, cost, benchmark, shipped)
+    text = [f"# {title}", "",
+            f"{len(patients)} patients, ED and ES frames: {', '.join(patients)}.  ",
+            f"Produced by `{command}`." if command else "", ""]
+    text += headline(evaluation, shipped, member_methods)
+    text += ["", "## All methods (mean ± sd over frames; EF error over patients)", "",
+             f"Seconds per frame as measured during this evaluation on {device or 'this machine'}"
+             " (members run once; each rule's time is the members' plus its own fusion).", "",
+             summary_table(evaluation), ""]
+    for phase in PHASES:
+        text += [f"## {phase}: Dice, HD95 (mm), MSD (mm) per structure (mean ± sd)", "",
+                 phase_table(evaluation, phase), ""]
+    text += ["## Clinical indices against the ground truth", "", clinical_table(evaluation), ""]
+    if benchmark is not None:
+        text += ["## Cost on this machine (benchmark: each configuration alone, side by side)",
+                 "", f"{benchmark.machine}; frames {', '.join(benchmark.frames)}, "
+                 f"{benchmark.repeats} timed repeats after a warm-up.", "",
+                 cost_table(benchmark, evaluation, shipped), ""]
+    text += ["## Figures", "", f"![Dice per frame, members and ensembles]({boxes.name})", "",
+             f"![accuracy vs cost]({cost.name})", ""]
+    path.write_text("\n".join(text))
+    return [path, boxes, cost]

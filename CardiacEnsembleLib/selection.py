@@ -1,0 +1,326 @@
+"""Choose the shipped ensemble's settings on the validation split: fusion rule, member weights,
+post-processing.
+
+Everything here reads validation patients only (`collect_validation_frames` takes the split from
+`splits.json` itself and refuses test patients), so the test split stays untouched until the
+report. The members run once per frame; every candidate setting is then scored on the same
+stored member probabilities.
+
+Weight search has two optimisers, both reported:
+
+* **random search** (the seed project's method): weights drawn uniformly from the simplex
+  (Dirichlet(1)), equal weights as the first draw, the best draw kept;
+* **coordinate ascent**: one member at a time, try shares on a grid (the other members keep
+  their ratios), keep any gain, sweep until no member moves, then halve the grid step. The Dice
+  objective is piecewise constant in the weights (an argmax decides each voxel), so gradients are
+  useless; coordinate moves are the cheap, deterministic search that handles that.
+
+Speed: a voxel where every member's argmax is background stays background under any weighting
+(a convex combination cannot lift a class above background unless some member does), so each
+frame is cropped to the box around all members' and the reference's foreground. Dice on the crop
+equals Dice on the whole frame, and a candidate weighting costs ~10x fewer voxels.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .acdc import PHASES, check_no_test_patients, find_patients, load_splits
+from .case import STRUCTURES
+from .ensemble import Ensemble
+from .fusion import class_argmax, fuse, mean_probabilities
+from .inference import CancelToken, Progress
+from .metrics import score_labels
+from .postprocess import apply_steps, variant_name
+
+#: Post-processing variants tried on validation, in order of preference when tied.
+POSTPROCESS_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("lcc",), ("gate",), ("lcc", "gate"))
+#: A step is kept when it costs less than this much validation mean Dice (points of 0..1)
+#: while lowering mean HD95; Dice is the target, HD95 the tie-breaker.
+DICE_TOLERANCE = 0.001
+
+
+@dataclass
+class ValidationFrame:
+    patient: str
+    phase: str
+    member_probs: torch.Tensor  # (M, C, Z, Y, X) float16, cropped around all foreground
+    reference: torch.Tensor  # (Z, Y, X) uint8, same crop
+    spacing_zyx: tuple[float, float, float]
+
+
+@dataclass
+class SearchResult:
+    method: str
+    weights: list[float]
+    dice: float  # validation mean Dice (RV, Myo, LV over frames)
+    evaluations: int
+    seconds: float
+    trace: list[float] = field(default_factory=list)  # best-so-far after each evaluation
+
+
+@dataclass
+class Candidate:
+    """One fusion setting scored on validation."""
+
+    name: str
+    rule: str
+    weights: Optional[list[float]]
+    postprocess: tuple[str, ...]
+    dice: dict[str, float]  # per structure and "mean"
+    hd95_mm: dict[str, float]
+
+
+@dataclass
+class Selection:
+    members: list[str]
+    patients: list[str]
+    searches: list[SearchResult]
+    candidates: list[Candidate]
+    chosen: Candidate
+
+    def manifest_update(self) -> dict:
+        """What the shipped manifest records: the choice and how it was made."""
+        weights = self.chosen.weights or _best_search(self.searches).weights
+        return {"fusion": self.chosen.rule,
+                "weights": dict(zip(self.members, [round(w, 4) for w in weights])),
+                "postprocess": list(self.chosen.postprocess),
+                "selection": {"split": "validation", "patients": self.patients,
+                              "chosen": self.chosen.name,
+                              "validation": {"dice": self.chosen.dice,
+                                             "hd95_mm": self.chosen.hd95_mm},
+                              "weight_search": [{k: v for k, v in asdict(s).items()
+                                                 if k != "trace"} for s in self.searches]}}
+
+
+def collect_validation_frames(ensemble: Ensemble, data_root: Path, *, limit: int = 0,
+                              progress: Optional[Progress] = None,
+                              cancel: Optional[CancelToken] = None) -> list[ValidationFrame]:
+    """Run every member once on the ED and ES frames of the validation split."""
+    splits = load_splits(data_root)
+    ids = splits["validation"][:limit] if limit else splits["validation"]
+    check_no_test_patients(ids, splits, "ensemble selection")
+    patients = find_patients(data_root, ids)
+    frames = []
+    for index, patient in enumerate(patients):
+        for phase_index, phase in enumerate(PHASES):
+            case = patient.load(phase)
+            probs, _ = ensemble.member_probabilities(case, cancel=cancel)
+            reference = torch.from_numpy(np.asarray(case.labels, dtype=np.uint8))
+            box = _foreground_box(class_argmax(probs, dim=1), reference)
+            frames.append(ValidationFrame(patient.patient_id, phase,
+                                          probs[(slice(None), slice(None)) + box].half().cpu(),
+                                          reference[box].clone(), case.spacing_zyx))
+            if progress is not None:
+                progress(2 * index + phase_index + 1, 2 * len(patients),
+                         f"{patient.patient_id} {phase}")
+    return frames
+
+
+def _foreground_box(member_labels: torch.Tensor, reference: torch.Tensor,
+                    margin: int = 2) -> tuple[slice, slice, slice]:
+    """All slices, and the in-plane box (plus `margin` px) around any member's or the
+    reference's foreground."""
+    anything = (member_labels > 0).any(dim=0) | (reference > 0).to(member_labels.device)
+    rows = torch.nonzero(anything.any(dim=(0, 2))).flatten().tolist()
+    cols = torch.nonzero(anything.any(dim=(0, 1))).flatten().tolist()
+    if not rows:
+        return slice(None), slice(0, 1), slice(0, 1)
+    return (slice(None), slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+            slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+
+
+def frame_dice(labels: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Dice per structure of one frame (both empty scores 1, as `metrics.dice`)."""
+    scores = {}
+    for name, value in STRUCTURES.items():
+        pred, ref = labels == value, reference == value
+        total = int(pred.sum()) + int(ref.sum())
+        scores[name] = 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
+    return scores
+
+
+def weighted_mean_dice(frames: Sequence[ValidationFrame], weights: Sequence[float]) -> float:
+    """The search objective: mean over frames of the mean Dice over structures, for the
+    weighted-mean fusion with `weights`."""
+    totals = []
+    for frame in frames:
+        fused = class_argmax(mean_probabilities(frame.member_probs, weights), dim=0)
+        totals.append(np.mean(list(frame_dice(fused, frame.reference).values())))
+    return float(np.mean(totals))
+
+
+def random_search(frames: Sequence[ValidationFrame], trials: int = 64, seed: int = 0,
+                  cancel: Optional[CancelToken] = None) -> SearchResult:
+    started = time.perf_counter()
+    m = frames[0].member_probs.shape[0]
+    draws = np.random.default_rng(seed).dirichlet(np.ones(m), size=max(trials - 1, 0))
+    best_weights, best, trace = [1.0 / m] * m, -1.0, []
+    for weights in [[1.0 / m] * m] + [list(map(float, d)) for d in draws]:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        score = weighted_mean_dice(frames, weights)
+        if score > best:
+            best, best_weights = score, weights
+        trace.append(best)
+    return SearchResult("random search", best_weights, best, len(trace),
+                        time.perf_counter() - started, trace)
+
+
+def coordinate_ascent(frames: Sequence[ValidationFrame], start: Optional[Sequence[float]] = None,
+                      step: float = 0.1, min_step: float = 0.025, max_evaluations: int = 400,
+                      cancel: Optional[CancelToken] = None) -> SearchResult:
+    started = time.perf_counter()
+    m = frames[0].member_probs.shape[0]
+    weights = np.asarray(start if start is not None else [1.0 / m] * m, dtype=float)
+    weights = weights / weights.sum()
+    best = weighted_mean_dice(frames, weights)
+    trace = [best]
+    while step >= min_step and len(trace) < max_evaluations:
+        moved = True
+        while moved and len(trace) < max_evaluations:
+            moved = False
+            for i in range(m):
+                for share in _shares_around(weights[i], step):
+                    if cancel is not None:
+                        cancel.raise_if_cancelled()
+                    candidate = _with_share(weights, i, share)
+                    if candidate is None:
+                        continue
+                    score = weighted_mean_dice(frames, candidate)
+                    trace.append(max(best, score))
+                    if score > best + 1e-9:
+                        best, weights, moved = score, candidate, True
+        step /= 2
+    return SearchResult("coordinate ascent", [float(w) for w in weights], best, len(trace),
+                        time.perf_counter() - started, trace)
+
+
+def _shares_around(current: float, step: float) -> list[float]:
+    """Shares for one member: a grid of `step` over [0, 1], nearest values first."""
+    grid = np.round(np.arange(0.0, 1.0 + 1e-9, step), 6)
+    grid = [float(g) for g in grid if abs(g - current) > 1e-9]
+    return sorted(grid, key=lambda g: abs(g - current))[:6]
+
+
+def _with_share(weights: np.ndarray, index: int, share: float) -> Optional[np.ndarray]:
+    """Set member `index`'s share; the others keep their ratios and fill the rest."""
+    others = weights.sum() - weights[index]
+    if others <= 0 and share < 1:
+        return None
+    result = weights * ((1 - share) / others if others > 0 else 0.0)
+    result[index] = share
+    return result
+
+
+def score_candidate(frames: Sequence[ValidationFrame], name: str, rule: str,
+                    weights: Optional[Sequence[float]], steps: Sequence[str]) -> Candidate:
+    """Dice and HD95 per structure (mean over frames) of one fusion setting."""
+    dice = {s: [] for s in STRUCTURES}
+    hd95 = {s: [] for s in STRUCTURES}
+    for frame in frames:
+        result = fuse(rule, frame.member_probs.float(), weights if rule == "weighted" else None)
+        labels = apply_steps(np.asarray(result.labels, dtype=np.uint8), steps,
+                             result.member_labels.cpu().numpy())
+        for structure, score in score_labels(labels, frame.reference.numpy(),
+                                             frame.spacing_zyx).items():
+            dice[structure].append(score.dice)
+            hd95[structure].append(score.hd95_mm)
+    dice_mean = {s: float(np.mean(v)) for s, v in dice.items()}
+    dice_mean["mean"] = float(np.mean([dice_mean[s] for s in STRUCTURES]))
+    hd95_mean = {s: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan
+                 for s, v in hd95.items()}
+    hd95_mean["mean"] = float(np.mean([hd95_mean[s] for s in STRUCTURES]))
+    return Candidate(name, rule, list(weights) if weights is not None else None, tuple(steps),
+                     dice_mean, hd95_mean)
+
+
+def member_candidate(frames: Sequence[ValidationFrame], index: int, name: str) -> Candidate:
+    """One member alone, scored like a fusion setting (a one-hot weighting)."""
+    one_hot = [1.0 if i == index else 0.0 for i in range(frames[0].member_probs.shape[0])]
+    candidate = score_candidate(frames, name, "weighted", one_hot, ())
+    candidate.rule, candidate.weights = "member", None
+    return candidate
+
+
+def select(ensemble: Ensemble, frames: Sequence[ValidationFrame], *, trials: int = 64,
+           seed: int = 0, log: Callable[[str], None] = print,
+           cancel: Optional[CancelToken] = None) -> Selection:
+    """Search weights, score every rule and post-processing variant, pick the best.
+
+    The rule with the best validation mean Dice wins (weighted uses the better search's
+    weights); then each post-processing variant is kept if it costs under `DICE_TOLERANCE` of
+    mean Dice and lowers mean HD95, else the one with the best Dice.
+    """
+    searches = [random_search(frames, trials, seed, cancel)]
+    log(f"random search: {searches[0].dice:.4f} after {searches[0].evaluations} evaluations "
+        f"({searches[0].seconds:.0f} s)")
+    searches.append(coordinate_ascent(frames, start=searches[0].weights, cancel=cancel))
+    log(f"coordinate ascent (from the random search's best): {searches[1].dice:.4f} after "
+        f"{searches[1].evaluations} evaluations ({searches[1].seconds:.0f} s)")
+    weights = _best_search(searches).weights
+    candidates = [member_candidate(frames, i, name) for i, name in enumerate(ensemble.names)]
+    by_rule = {}
+    for rule in ("mean", "weighted", "vote", "staple"):
+        by_rule[rule] = score_candidate(frames, f"ensemble-{rule}", rule,
+                                        weights if rule == "weighted" else None, ())
+        candidates.append(by_rule[rule])
+        log(f"{rule}: validation mean Dice {by_rule[rule].dice['mean']:.4f}")
+    rule = max(by_rule, key=lambda r: by_rule[r].dice["mean"])
+    best = by_rule[rule]
+    for steps in POSTPROCESS_VARIANTS[1:]:
+        variant = score_candidate(frames, f"ensemble-{rule}{variant_name(steps)}", rule,
+                                  best.weights, steps)
+        candidates.append(variant)
+        log(f"{variant.name}: mean Dice {variant.dice['mean']:.4f}, mean HD95 "
+            f"{variant.hd95_mm['mean']:.2f} mm")
+        if _better(variant, best):
+            best = variant
+    return Selection(ensemble.names, sorted({f.patient for f in frames}), searches, candidates,
+                     best)
+
+
+def _better(candidate: Candidate, incumbent: Candidate) -> bool:
+    gain = candidate.dice["mean"] - incumbent.dice["mean"]
+    if gain > DICE_TOLERANCE:
+        return True
+    return gain > -DICE_TOLERANCE and candidate.hd95_mm["mean"] < incumbent.hd95_mm["mean"]
+
+
+def _best_search(searches: Sequence[SearchResult]) -> SearchResult:
+    return max(searches, key=lambda s: s.dice)
+
+
+def selection_markdown(selection: Selection) -> str:
+    lines = [f"# Ensemble selection on the validation split ({len(selection.patients)} patients, "
+             "ED and ES)", "",
+             f"Patients: {', '.join(selection.patients)}", "",
+             "## Weight search (objective: mean Dice of the weighted-mean fusion)", "",
+             "| optimiser | mean Dice | evaluations | seconds | weights (" +
+             ", ".join(selection.members) + ") |", "|---|---|---|---|---|"]
+    for s in selection.searches:
+        lines.append(f"| {s.method} | {s.dice:.4f} | {s.evaluations} | {s.seconds:.0f} | "
+                     + ", ".join(f"{w:.3f}" for w in s.weights) + " |")
+    lines += ["", "## Candidates", "",
+              "| setting | Dice RV | Dice Myo | Dice LV | Dice mean | HD95 mean (mm) |",
+              "|---|---|---|---|---|---|"]
+    for c in selection.candidates:
+        mark = " **(chosen)**" if c is selection.chosen else ""
+        lines.append(f"| {c.name}{mark} | " + " | ".join(f"{c.dice[s]:.4f}" for s in STRUCTURES)
+                     + f" | {c.dice['mean']:.4f} | {c.hd95_mm['mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_selection(selection: Selection, folder: Path) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown, data = folder / "selection.md", folder / "selection.json"
+    markdown.write_text(selection_markdown(selection))
+    data.write_text(json.dumps(selection.manifest_update(), indent=1) + "\n")
+    return markdown, data

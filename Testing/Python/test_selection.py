@@ -1,0 +1,106 @@
+"""Weight search and setting selection on validation data, and the split guard around them.
+
+The search is checked on member outputs built from real ground truth, so the right answer is
+known: a member that equals the truth must win the weights.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from CardiacEnsembleLib import acdc as acdc_module
+from CardiacEnsembleLib.acdc import PatientFolder, SplitLeakError, load_splits
+from CardiacEnsembleLib.ensemble import load_ensemble
+from CardiacEnsembleLib.selection import (ValidationFrame, _foreground_box,
+                                          collect_validation_frames, coordinate_ascent,
+                                          frame_dice, random_search, select, weighted_mean_dice)
+
+
+def soft(labels: np.ndarray, confidence: float) -> torch.Tensor:
+    one_hot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), 4).permute(3, 0, 1, 2).float()
+    return one_hot * confidence + (1 - confidence) / 4
+
+
+@pytest.fixture(scope="module")
+def frames(patient_dir) -> list[ValidationFrame]:
+    """Three 'members' per frame: the truth, the truth without its RV, and the truth shifted
+    by 6 px (a confident but misplaced network)."""
+    result = []
+    for phase in ("ED", "ES"):
+        case = PatientFolder.open(patient_dir("patient001")).load(phase)
+        truth = case.labels.astype(np.uint8)
+        no_rv = np.where(truth == 1, 0, truth).astype(np.uint8)
+        shifted = np.roll(truth, 6, axis=2)
+        probs = torch.stack([soft(truth, 0.7), soft(no_rv, 0.9), soft(shifted, 0.95)])
+        result.append(ValidationFrame("patient001", phase, probs.half(),
+                                      torch.from_numpy(truth), case.spacing_zyx))
+    return result
+
+
+def test_a_member_equal_to_the_truth_scores_one(frames):
+    assert weighted_mean_dice(frames, [1, 0, 0]) == pytest.approx(1.0)
+    assert weighted_mean_dice(frames, [0, 1, 0]) < 0.8  # no RV at all
+
+
+def test_both_searches_find_weights_that_follow_the_true_member(frames):
+    equal = weighted_mean_dice(frames, [1 / 3] * 3)
+    random = random_search(frames, trials=12, seed=0)
+    ascent = coordinate_ascent(frames)
+    assert random.evaluations == 12 and random.trace[0] == pytest.approx(equal)
+    assert random.dice >= equal and ascent.dice >= equal
+    assert ascent.dice > 0.99  # the shifted and RV-less members are outweighed
+    assert ascent.weights[0] == max(ascent.weights)
+    assert sum(ascent.weights) == pytest.approx(1.0)
+    assert all(b >= a for a, b in zip(ascent.trace, ascent.trace[1:]))
+
+
+def test_cropping_to_the_foreground_box_does_not_change_dice(frames, patient_dir):
+    case = PatientFolder.open(patient_dir("patient001")).load("ED")
+    truth = torch.from_numpy(case.labels.astype(np.uint8))
+    member = torch.roll(truth, 3, dims=1)
+    box = _foreground_box(member[None], truth)
+    assert box[1].stop - box[1].start < truth.shape[1]  # it really crops
+    assert frame_dice(member[box], truth[box]) == frame_dice(member, truth)
+
+
+def test_select_scores_every_rule_and_post_processing(frames, untrained_models):
+    ensemble = load_ensemble(untrained_models, device="cpu")
+    selection = select(ensemble, frames, trials=4, log=lambda line: None)
+    names = [c.name for c in selection.candidates]
+    assert names[:3] == ensemble.names
+    for rule in ("mean", "weighted", "vote", "staple"):
+        assert f"ensemble-{rule}" in names
+    assert selection.chosen.dice["mean"] >= max(
+        c.dice["mean"] for c in selection.candidates if c.rule != "member") - 0.001
+    update = selection.manifest_update()
+    assert set(update["weights"]) == set(ensemble.names)
+    assert update["selection"]["split"] == "validation"
+    assert [s["method"] for s in update["selection"]["weight_search"]] == \
+        ["random search", "coordinate ascent"]
+
+
+def test_selection_reads_only_validation_patients(acdc, untrained_models, monkeypatch):
+    read = []
+    original = acdc_module.PatientFolder.load
+    monkeypatch.setattr(acdc_module.PatientFolder, "load",
+                        lambda self, *a, **k: read.append(self.patient_id) or
+                        original(self, *a, **k))
+    ensemble = load_ensemble(untrained_models, device="cpu")
+    frames = collect_validation_frames(ensemble, acdc, limit=1)
+    assert len(frames) == 2
+    assert set(read) == {load_splits(acdc)["validation"][0]}
+
+
+def test_selection_refuses_a_split_file_that_puts_test_patients_in_validation(
+        acdc, untrained_models, tmp_path):
+    splits = load_splits(acdc)
+    (tmp_path / "training").symlink_to(acdc / "training")
+    (tmp_path / "testing").symlink_to(acdc / "testing")
+    leaky = dict(splits, validation=splits["validation"][:1] + splits["test"][:1])
+    (tmp_path / "splits.json").write_text(json.dumps(leaky))
+    with pytest.raises(SplitLeakError, match=splits["test"][0]):
+        collect_validation_frames(load_ensemble(untrained_models, device="cpu"), tmp_path)

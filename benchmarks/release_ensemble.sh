@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Package trained members as the shipped ensemble and produce its reports, in the only order
+# that keeps the test split honest:
+#  1. ship: each run's best/ member as fp16 safetensors + manifest.json (sha256, sizes);
+#  2. select, on the 20 validation patients only: weight search (random search and coordinate
+#     ascent), fusion rule, post-processing -> reports/validation_selection/, written into the
+#     manifest;
+#  3. evaluate once on the 40 test patients -> reports/acdc_test.md (+ two PNGs), with the cost
+#     of each member and the ensemble benchmarked side by side on patient101 and patient102;
+#     the headline test metrics go into the manifest.
+# Run on a quiet machine: timings are medians, but other load still shifts them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${ACDC_ROOT:-../shared/acdc}
+runs=${RUNS:-runs/v1}
+cli=.venv/bin/cardiac-ensemble
+$cli -q ship "$runs"/unet-mnv2 "$runs"/linknet-mnv2 "$runs"/fpn-mnv2 "$runs"/deeplabv3plus-mnv2 \
+  --name acdc-default --version 1.0 --overwrite \
+  --description "CardiacEnsemble acdc-default 1.0 (U-Net, LinkNet, FPN, DeepLabV3+ on MobileNetV2)" \
+  --note "Members trained on the CPU only (about 5,000 steps each); see reports/acdc_test.md."
+$cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
+$cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
+  --benchmark patient101 patient102 --record-in-manifest --overwrite

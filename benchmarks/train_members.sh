@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Train the four members of the shipped ensemble on the ACDC train split (best epoch picked on
+# validation; test is never read). CPU schedule used for release 1.0, in two resumable stages:
+#   stage 1 (interim release 0.1): 20 epochs x 80 steps, 160 px crops, lr 2e-3, from scratch;
+#   stage 2: a new one-cycle schedule warm-started from stage 1's best epoch, 128 px crops
+#            (0.6x the compute per step), lr 1e-3; DeepLabV3+ had no stage 1 and starts here.
+# Each run resumes from its last.pt if interrupted; run the same command again.
+# One thread per run and all four runs at once use two cores fully; on a GPU pass
+# DEVICE=cuda and larger EPOCHS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${ACDC_ROOT:-../shared/acdc}
+runs=${RUNS:-runs}
+device=${DEVICE:-auto}
+cli=.venv/bin/cardiac-ensemble
+train() { OMP_NUM_THREADS=1 nohup $cli -q train --data "$data" --threads 1 --device "$device" \
+            --version 1.0 "$@" > "$runs/$(basename "${@: -1}").log" 2>&1 & }
+mkdir -p "$runs/interim" "$runs/v1"
+if [[ "${1:-}" == "stage1" ]]; then
+  for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
+    train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
+          --out "$runs/interim/$recipe"
+  done
+else
+  for spec in "unet-mnv2 34" "linknet-mnv2 36" "fpn-mnv2 36"; do
+    set -- $spec
+    train --recipe "$1" --epochs "$2" --iterations 100 --patch-size 128 --lr 1e-3 \
+          --init-from "$runs/interim/$1/best" --out "$runs/v1/$1"
+  done
+  train --recipe deeplabv3plus-mnv2 --epochs 29 --iterations 100 --patch-size 128 --lr 2e-3 \
+        --out "$runs/v1/deeplabv3plus-mnv2"
+fi
+wait
