@@ -19,6 +19,7 @@ import torch
 from .case import Geometry
 from .ensemble import Ensemble
 from .fusion import fuse
+from .postprocess import apply_steps
 from .inference import CancelToken, Progress
 from .metrics import volume_ml
 
@@ -58,7 +59,8 @@ def frames_per_chunk(ensemble: Ensemble, frame_shape: tuple[int, int, int]) -> i
 def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
                  chunk: Optional[int] = None, progress: Optional[Progress] = None,
                  cancel: Optional[CancelToken] = None) -> CineSegmentation:
-    """(T, Z, Y, X) cine -> labels per frame with the ensemble's fusion rule."""
+    """(T, Z, Y, X) cine -> labels per frame with the ensemble's fusion rule and
+    post-processing."""
     if cine.ndim != 4:
         raise ValueError(f"expected a (T, Z, Y, X) cine, got shape {cine.shape}")
     started = time.perf_counter()
@@ -83,6 +85,14 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
         fused = fuse(ensemble.fusion, member_probs, weights)
         labels[start:stop] = fused.labels.reshape(stop - start, *cine.shape[1:])
         timings["fusion"] = timings.get("fusion", 0.0) + time.perf_counter() - t0
+        if ensemble.postprocess:  # per frame, as `Ensemble.predict` does for one frame
+            t0 = time.perf_counter()
+            member_labels = fused.member_labels.cpu().numpy().reshape(
+                len(ensemble.members), stop - start, *cine.shape[1:])
+            for t in range(start, stop):
+                labels[t] = apply_steps(labels[t], ensemble.postprocess,
+                                        member_labels[:, t - start])
+            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
     volumes = {name: np.array([volume_ml(frame, value, spacing) for frame in labels])
                for name, value in (("RV", 1), ("Myo", 2), ("LV", 3))}
     return CineSegmentation(labels, geometry, volumes, time.perf_counter() - started, timings)

@@ -306,14 +306,27 @@ def cmd_models(args) -> int:
 
     models_dir = args.models or DEFAULT_MODELS_DIR
     manifest = read_manifest(models_dir)
+    steps = manifest.get("postprocess") or []
     print(f"{manifest.get('name', 'ensemble')} {manifest.get('version', '')} "
-          f"({models_dir}): fusion {manifest.get('fusion', 'mean')}")
+          f"({models_dir}): fusion {manifest.get('fusion', 'mean')}"
+          + (f" + {'+'.join(steps)}" if steps else ""))
     if manifest.get("note"):
         print(f"note: {manifest['note']}")
+    if manifest.get("weights"):
+        print("weights: " + ", ".join(f"{k} {v:.3f}" for k, v in manifest["weights"].items()))
+    chosen = (manifest.get("selection") or {}).get("validation", {}).get("dice", {})
+    if chosen:
+        print(f"validation mean Dice {chosen['mean']:.4f} ({manifest['selection']['chosen']}, "
+              f"{len(manifest['selection']['patients'])} validation patients)")
+    test = manifest.get("test") or {}
+    if test:
+        print(f"test mean Dice {test['dice']['mean']:.4f} ({test['method']}, {test['patients']} "
+              f"test patients; best member {test['best_member']} "
+              f"{test['best_member_dice']['mean']:.4f})")
     for entry in manifest["members"]:
         spec = verify_member(models_dir / entry["folder"])
         dice = spec.metrics.get("validation_dice", {}).get("mean")
-        print(f"  {spec.name:22s} {spec.arch}/{spec.encoder:16s} "
+        print(f"  {spec.name:20s} {spec.arch + '/' + spec.encoder:28s} "
               f"{entry.get('size_bytes', 0) / 1e6:5.1f} MB  sha256 {spec.weights_sha256[:12]}  "
               f"validation Dice {dice if dice is None else f'{dice:.3f}'}")
     return 0

@@ -47,7 +47,10 @@ def test_a_stack_of_frames_is_normalised_frame_by_frame(patient090):
     torch.testing.assert_close(stacked[z:2 * z], single)
 
 
-def test_cine_labels_equal_frame_by_frame_predictions(ensemble, patient090):
+@pytest.mark.parametrize("steps", [(), ("lcc", "gate")], ids=["raw", "post-processed"])
+def test_cine_labels_equal_frame_by_frame_predictions(ensemble, patient090, steps):
+    ensemble = copy.copy(ensemble)
+    ensemble.postprocess = steps
     cine, geometry = patient090.load_cine()
     frames = cine[:3]
     result = segment_cine(ensemble, frames, geometry, chunk=2)  # chunks of 2 + 1 frames
