@@ -253,7 +253,8 @@ def accuracy_from_scores(scores_csv: Path) -> dict[str, float]:
 
 
 def plot_benchmark(result: BenchmarkResult, png_path: Path,
-                   accuracy: Optional[dict[str, float]] = None) -> None:
+                   accuracy: Optional[dict[str, float]] = None,
+                   ensemble_method: str = "ensemble-mean") -> None:
     """Stacked bars of the stage split per configuration; with `accuracy` (method -> mean Dice)
     a second panel plots accuracy against cost."""
     import matplotlib
@@ -277,7 +278,7 @@ def plot_benchmark(result: BenchmarkResult, png_path: Path,
     axes[0].set_title("time per frame by stage", fontsize=9)
     if accuracy:
         for c in result.configs:
-            key = c.name if c.name in accuracy else "ensemble-mean"
+            key = c.name if c.name in accuracy else ensemble_method
             if key in accuracy:
                 axes[1].scatter(c.median_frame, accuracy[key], s=40)
                 axes[1].annotate(c.name, (c.median_frame, accuracy[key]), fontsize=7,

@@ -380,7 +380,8 @@ def cmd_benchmark(args) -> int:
     accuracy = accuracy_from_scores(args.accuracy) if args.accuracy else None
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(text + (f"\n![time per frame]({chart.name})\n"))
-    plot_benchmark(result, chart, accuracy)
+    from .evaluation import shipped_method
+    plot_benchmark(result, chart, accuracy, shipped_method(ensemble))
     print(text.split("## Summary")[0])
     print("\n".join(summary_lines(result)))
     print(f"wrote {report} and {chart}")

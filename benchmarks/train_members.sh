@@ -4,6 +4,8 @@
 #   stage 1 (interim release 0.1): 20 epochs x 80 steps, 160 px crops, lr 2e-3, from scratch;
 #   stage 2: a new one-cycle schedule warm-started from stage 1's best epoch, 128 px crops
 #            (0.6x the compute per step), lr 1e-3; DeepLabV3+ had no stage 1 and starts here.
+#            For release 1.0 the DeepLabV3+ run was stopped after 18 of its 29 epochs (session
+#            time; its best epoch ships); rerunning this script resumes it from last.pt.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.
