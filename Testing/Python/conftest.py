@@ -56,3 +56,17 @@ def untrained_models(tmp_path_factory) -> Path:
                    weights={"unet-mnv2": 2.0, "linknet-mnv2": 1.0, "fpn-mnv2": 1.0},
                    note="untrained test members")
     return root
+
+
+@pytest.fixture
+def patients_read(monkeypatch) -> list[str]:
+    """Ids of every patient whose frames get loaded during the test, for the split-leak tests:
+    they must see train/validation ids only, whatever code path does the reading."""
+    from CardiacEnsembleLib import acdc as acdc_module
+
+    read: list[str] = []
+    original = acdc_module.PatientFolder.load
+    monkeypatch.setattr(acdc_module.PatientFolder, "load",
+                        lambda self, *a, **k: read.append(self.patient_id) or
+                        original(self, *a, **k))
+    return read

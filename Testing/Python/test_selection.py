@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from CardiacEnsembleLib import acdc as acdc_module
 from CardiacEnsembleLib.acdc import PatientFolder, SplitLeakError, load_splits
 from CardiacEnsembleLib.ensemble import load_ensemble
 from CardiacEnsembleLib.selection import (ValidationFrame, _foreground_box,
@@ -83,12 +82,8 @@ def test_select_scores_every_rule_and_post_processing(frames, untrained_models):
         ["random search", "coordinate ascent"]
 
 
-def test_selection_reads_only_validation_patients(acdc, untrained_models, monkeypatch):
-    read = []
-    original = acdc_module.PatientFolder.load
-    monkeypatch.setattr(acdc_module.PatientFolder, "load",
-                        lambda self, *a, **k: read.append(self.patient_id) or
-                        original(self, *a, **k))
+def test_selection_reads_only_validation_patients(acdc, untrained_models, patients_read):
+    read = patients_read
     ensemble = load_ensemble(untrained_models, device="cpu")
     frames = collect_validation_frames(ensemble, acdc, limit=1)
     assert len(frames) == 2

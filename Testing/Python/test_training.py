@@ -5,7 +5,6 @@ import csv
 
 import pytest
 
-from CardiacEnsembleLib import acdc as acdc_module
 from CardiacEnsembleLib.acdc import load_splits
 from CardiacEnsembleLib.inference import CancelToken, Cancelled
 from CardiacEnsembleLib.recipes import recipe_spec
@@ -28,12 +27,9 @@ def test_the_test_split_cannot_be_loaded_for_training(acdc):
         check_no_test_patients(["patient002", "patient101"], load_splits(acdc), "search")
 
 
-def test_a_training_run_reads_only_train_and_validation_patients(acdc, tmp_path, monkeypatch):
-    read = []
-    original = acdc_module.PatientFolder.load
-    monkeypatch.setattr(acdc_module.PatientFolder, "load",
-                        lambda self, *a, **k: read.append(self.patient_id) or
-                        original(self, *a, **k))
+def test_a_training_run_reads_only_train_and_validation_patients(acdc, tmp_path,
+                                                                 patients_read):
+    read = patients_read
     train_member(recipe_spec("fpn-mnv2"), acdc, tmp_path / "run", TrainConfig(**TINY),
                  log=lambda line: None)
     splits = load_splits(acdc)
