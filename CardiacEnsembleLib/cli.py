@@ -65,7 +65,8 @@ def _load_ensemble(args):
     note = read_manifest(models_dir).get("note")
     if note:
         print(f"note: {note}")
-    print(f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion} | "
+    steps = f" + {'+'.join(ensemble.postprocess)}" if ensemble.postprocess else ""
+    print(f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
           f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}")
     return ensemble
 
