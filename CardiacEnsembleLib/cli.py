@@ -198,9 +198,9 @@ def _extra_outputs(out: Path, args) -> list[Path]:
 
 def cmd_evaluate(args) -> int:
     from .acdc import find_patients, load_splits
-    from .evaluation import (evaluate, member_steps, shipped_method, summary_table,
-                             write_clinical_csv, write_scores_csv)
-    from .postprocess import variant_name
+    from .evaluation import (evaluate, shipped_method, summary_table, write_clinical_csv,
+                             write_scores_csv)
+    from .postprocess import lone_member_steps, variant_name
 
     if args.data is None:
         args.data = SAMPLE_DIR.parent
@@ -241,8 +241,8 @@ def cmd_evaluate(args) -> int:
     print(table)
     print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}")
     shipped = shipped_method(ensemble)
-    members = ensemble.names + [m + variant_name(member_steps(ensemble.postprocess))
-                                for m in ensemble.names if member_steps(ensemble.postprocess)]
+    steps = lone_member_steps(ensemble.postprocess)
+    members = ensemble.names + ([m + variant_name(steps) for m in ensemble.names] if steps else [])
     if args.report is not None:
         _write_evaluation_report(args, ensemble, result, patients, shipped, members)
     if args.record_in_manifest:
@@ -357,7 +357,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .acdc import PatientFolder, find_patients
+    from .acdc import find_patients
     from .benchmark import (accuracy_from_scores, plot_benchmark, report_markdown,
                             run_benchmark, summary_lines)
 
@@ -435,26 +435,25 @@ def cmd_select(args) -> int:
 
     if args.fusion is not None:
         raise SystemExit("select chooses the fusion rule itself; drop --fusion")
+    if args.apply and args.members:
+        raise SystemExit("--apply records a choice for the whole manifest; drop --members")
+    existing = [p for p in (args.out / "selection.md", args.out / "selection.json") if p.exists()]
+    if existing and not args.overwrite:  # refuse before minutes of work, not after
+        raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
+                              f"(pass --overwrite to replace it)")
     models_dir = args.models or DEFAULT_MODELS_DIR
     ensemble = _load_ensemble(args)
-    ensemble.postprocess = ()
     bar = ProgressBar("members on validation", not args.quiet)
     try:
         frames = collect_validation_frames(ensemble, args.data, limit=args.limit, progress=bar)
     finally:
         bar.close()
     selection = select(ensemble, frames, trials=args.trials, seed=args.seed)
-    existing = [p for p in (args.out / "selection.md", args.out / "selection.json") if p.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{existing[0]}: already exists; refusing to overwrite it "
-                              f"(pass --overwrite to replace it)")
     markdown, data = write_selection(selection, args.out)
-    print(f"chosen: {selection.chosen.name} (validation mean Dice "
-          f"{selection.chosen.dice['mean']:.4f}, mean HD95 {selection.chosen.hd95_mm['mean']:.2f} mm)"
-          f" | wrote {markdown}, {data}")
+    chosen = selection.chosen
+    print(f"chosen: {chosen.name} (validation mean Dice {chosen.dice['mean']:.4f}, mean HD95 "
+          f"{chosen.hd95_mm['mean']:.2f} mm) | wrote {markdown}, {data}")
     if args.apply:
-        if args.members:
-            raise SystemExit("--apply records a choice for the whole manifest; drop --members")
         print(f"updated {update_manifest(models_dir, selection.manifest_update())}")
     return 0
 

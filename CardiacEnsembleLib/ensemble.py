@@ -20,7 +20,7 @@ from .fusion import FUSION_RULES, fuse
 from .inference import (CancelToken, Progress, optimize_for_inference, pick_device,
                         predict_slices)
 from .members import Member, MemberError, load_member
-from .postprocess import apply_steps, check_steps, variant_name
+from .postprocess import apply_steps, check_steps, lone_member_steps, variant_name
 from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities
 
 MANIFEST_FILE = "manifest.json"
@@ -61,9 +61,8 @@ class Ensemble:
             raise ValueError(f"no member(s) {unknown}; this ensemble has {self.names}")
         keep = [self.names.index(n) for n in names]
         if len(keep) == 1:  # one member alone: its own argmax, whatever the rule and weights
-            steps = tuple(s for s in self.postprocess if s != "gate")
             return Ensemble([self.members[keep[0]]], "mean", None, self.tta, self.device,
-                            self.description, steps)
+                            self.description, lone_member_steps(self.postprocess))
         weights = None if self.weights is None else [self.weights[i] for i in keep]
         return Ensemble([self.members[i] for i in keep], self.fusion, weights, self.tta,
                         self.device, self.description, self.postprocess)

@@ -21,7 +21,7 @@ from .ensemble import Ensemble
 from .fusion import FUSION_RULES
 from .inference import CancelToken, Progress
 from .metrics import ClinicalIndices, clinical_indices, score_labels
-from .postprocess import apply_steps, variant_name
+from .postprocess import apply_steps, lone_member_steps, variant_name
 
 
 @dataclass
@@ -62,12 +62,6 @@ def shipped_method(ensemble: Ensemble) -> str:
     return ensemble_method(ensemble.fusion, ensemble.postprocess)
 
 
-def member_steps(steps: Sequence[str]) -> tuple[str, ...]:
-    """The post-processing a single member can get on its own: gating needs the other members'
-    opinions, so a lone member gets only the connected-component step."""
-    return tuple(s for s in steps if s != "gate")
-
-
 def default_rules(ensemble: Ensemble) -> list[str]:
     return [r for r in FUSION_RULES if r != "weighted" or ensemble.weights is not None]
 
@@ -85,8 +79,8 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
     if "weighted" in rules and ensemble.weights is None:
         raise ValueError("the 'weighted' rule needs ensemble weights (none in the manifest)")
     variants = [()] + ([ensemble.postprocess] if ensemble.postprocess else [])
-    member_variants = [()] + ([member_steps(ensemble.postprocess)]
-                              if member_steps(ensemble.postprocess) else [])
+    lone = lone_member_steps(ensemble.postprocess)
+    member_variants = [()] + ([lone] if lone else [])
     methods = [m + variant_name(v) for v in member_variants for m in ensemble.names]
     methods += [ensemble_method(r, v) for v in variants for r in rules]
     result = Evaluation(methods=methods)

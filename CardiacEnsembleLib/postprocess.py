@@ -34,6 +34,12 @@ def check_steps(steps: Sequence[str]) -> tuple[str, ...]:
     return tuple(s for s in POSTPROCESS_STEPS if s in steps)  # one fixed order
 
 
+def lone_member_steps(steps: Sequence[str]) -> tuple[str, ...]:
+    """The steps a single member can get on its own: gating needs the other members'
+    opinions, so a lone member keeps only the connected-component step."""
+    return tuple(s for s in check_steps(steps) if s != "gate")
+
+
 def variant_name(steps: Sequence[str]) -> str:
     """A short tag for method names: "" for none, else "+lcc", "+gate", "+lcc+gate"."""
     return "".join(f"+{s}" for s in check_steps(steps))

@@ -37,7 +37,7 @@ from .case import STRUCTURES
 from .ensemble import Ensemble
 from .fusion import class_argmax, fuse, mean_probabilities
 from .inference import CancelToken, Progress
-from .metrics import score_labels
+from .metrics import dice, score_labels
 from .postprocess import apply_steps, variant_name
 
 #: Post-processing variants tried on validation, in order of preference when tied.
@@ -138,13 +138,9 @@ def _foreground_box(member_labels: torch.Tensor, reference: torch.Tensor,
 
 
 def frame_dice(labels: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
-    """Dice per structure of one frame (both empty scores 1, as `metrics.dice`)."""
-    scores = {}
-    for name, value in STRUCTURES.items():
-        pred, ref = labels == value, reference == value
-        total = int(pred.sum()) + int(ref.sum())
-        scores[name] = 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
-    return scores
+    """Dice per structure of one frame, by the report's own `metrics.dice`."""
+    labels, reference = labels.cpu().numpy(), reference.cpu().numpy()
+    return {name: dice(labels == value, reference == value) for name, value in STRUCTURES.items()}
 
 
 def weighted_mean_dice(frames: Sequence[ValidationFrame], weights: Sequence[float]) -> float:
@@ -223,7 +219,7 @@ def _with_share(weights: np.ndarray, index: int, share: float) -> Optional[np.nd
 def score_candidate(frames: Sequence[ValidationFrame], name: str, rule: str,
                     weights: Optional[Sequence[float]], steps: Sequence[str]) -> Candidate:
     """Dice and HD95 per structure (mean over frames) of one fusion setting."""
-    dice = {s: [] for s in STRUCTURES}
+    overlaps = {s: [] for s in STRUCTURES}
     hd95 = {s: [] for s in STRUCTURES}
     for frame in frames:
         result = fuse(rule, frame.member_probs.float(), weights if rule == "weighted" else None)
@@ -231,9 +227,9 @@ def score_candidate(frames: Sequence[ValidationFrame], name: str, rule: str,
                              result.member_labels.cpu().numpy())
         for structure, score in score_labels(labels, frame.reference.numpy(),
                                              frame.spacing_zyx).items():
-            dice[structure].append(score.dice)
+            overlaps[structure].append(score.dice)
             hd95[structure].append(score.hd95_mm)
-    dice_mean = {s: float(np.mean(v)) for s, v in dice.items()}
+    dice_mean = {s: float(np.mean(v)) for s, v in overlaps.items()}
     dice_mean["mean"] = float(np.mean([dice_mean[s] for s in STRUCTURES]))
     hd95_mean = {s: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan
                  for s, v in hd95.items()}
