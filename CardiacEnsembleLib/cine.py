@@ -64,6 +64,7 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
     if cine.ndim != 4:
         raise ValueError(f"expected a (T, Z, Y, X) cine, got shape {cine.shape}")
     started = time.perf_counter()
+    ensemble = ensemble.active()  # zero-weight members cannot change the labels: skip them
     frames = cine.shape[0]
     chunk = chunk or frames_per_chunk(ensemble, cine.shape[1:])
     spacing = geometry.spacing_zyx

@@ -337,13 +337,16 @@ def cmd_train(args) -> int:
     from .recipes import recipe_spec
     from .training import TrainConfig, train_member
 
+    if args.init_from and args.init_encoder_from:
+        raise SystemExit("train: give --init-from or --init-encoder-from, not both")
     spec = recipe_spec(args.recipe, version=args.version)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          patch_size=args.patch_size, learning_rate=args.lr, seed=args.seed,
                          iterations_per_epoch=args.iterations, num_threads=args.threads,
                          max_train_patients=args.max_train_patients,
                          max_validation_patients=args.max_validation_patients,
-                         init_from=str(args.init_from or ""))
+                         init_from=str(args.init_from or args.init_encoder_from or ""),
+                         init_encoder_only=args.init_encoder_from is not None)
     from .inference import pick_device
     bar = ProgressBar(f"train {args.recipe}", not args.quiet)
     try:
@@ -544,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", type=Path, default=None,
                        help="member folder to warm-start from (same recipe), e.g. an earlier "
                             "run's best/")
+    train.add_argument("--init-encoder-from", type=Path, default=None,
+                       help="member folder whose encoder (same encoder, any architecture) this "
+                            "member starts from; the decoder starts from random weights")
     train.set_defaults(run=cmd_train)
 
     bench = commands.add_parser("benchmark", help="time each member and the ensemble side by "

@@ -67,6 +67,23 @@ class Ensemble:
         return Ensemble([self.members[i] for i in keep], self.fusion, weights, self.tta,
                         self.device, self.description, self.postprocess)
 
+    def active(self, rule: Optional[str] = None) -> "Ensemble":
+        """The ensemble without members that cannot change `rule`'s result (default: its own).
+
+        Why: weighted fusion multiplies a zero-weight member's probabilities by 0, yet running it
+        costs a whole network pass per slice. Only `weighted` drops members; every other rule
+        (and an explicit override of the shipped one) runs them all. Members left out also take
+        no part in the gate step's slice vote.
+        """
+        rule = rule or self.fusion
+        if rule != "weighted" or self.weights is None or all(w > 0 for w in self.weights):
+            return self
+        keep = [i for i, w in enumerate(self.weights) if w > 0]
+        if not keep:
+            raise ValueError(f"every member of {self.names} has weight 0")
+        return Ensemble([self.members[i] for i in keep], rule, [self.weights[i] for i in keep],
+                        self.tta, self.device, self.description, self.postprocess)
+
     def member_probabilities(self, case: Case, progress: Optional[Progress] = None,
                              cancel: Optional[CancelToken] = None,
                              timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
@@ -113,7 +130,15 @@ class Ensemble:
     def predict(self, case: Case, *, progress: Optional[Progress] = None,
                 cancel: Optional[CancelToken] = None, keep_member_probabilities: bool = False,
                 fusion: Optional[str] = None) -> Prediction:
-        """Segment one frame. `fusion` overrides the ensemble's rule for this call."""
+        """Segment one frame. `fusion` overrides the ensemble's rule for this call.
+
+        Zero-weight members are skipped under weighted fusion (`active`), so `Prediction.members`
+        lists the members that ran."""
+        rule = fusion or self.fusion
+        active = self.active(rule)
+        if active is not self:
+            return active.predict(case, progress=progress, cancel=cancel, fusion=rule,
+                                  keep_member_probabilities=keep_member_probabilities)
         started = time.perf_counter()
         timings: dict[str, float] = {}
         member_probs, seconds = self.member_probabilities(case, progress, cancel, timings)

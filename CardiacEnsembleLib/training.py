@@ -47,6 +47,7 @@ class TrainConfig:
     max_train_patients: int = 0  # 0 = all; a quick run uses a few
     max_validation_patients: int = 0
     init_from: str = ""  # a member folder to start from (warm start: a new schedule, old weights)
+    init_encoder_only: bool = False  # copy only the encoder (init_from may be another arch)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -236,7 +237,8 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
         state = TrainState(**saved["state"])
         log(f"{spec.name}: resumed from {checkpoint} after epoch {state.epoch}")
     elif config.init_from:
-        _warm_start(network, spec, Path(config.init_from), log)
+        _warm_start(network, spec, Path(config.init_from), log,
+                    encoder_only=config.init_encoder_only)
     use_amp = device.type == "cuda"
     patients = sorted({c.patient_id for c in train_cases})
     spec.training = {"data": "ACDC (Bernard et al., IEEE TMI 2018)", "split": "splits.json",
@@ -291,23 +293,34 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
 
 
 def _warm_start(network: torch.nn.Module, spec: MemberSpec, folder: Path,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], encoder_only: bool = False) -> None:
     """Copy a finished member's weights into `network` before the first step.
 
     Why: CPU time is the scarce resource here, and a member trained under a short schedule is a
     better start than random weights for a longer one. The source must be the same network
     (arch, encoder, decoder options), or the copy is refused rather than half-applied.
+    With `encoder_only`, only the encoder is copied, so a new architecture starts from an encoder
+    already trained on ACDC (our stand-in for the ImageNet weights we cannot download); then only
+    the encoder must match.
     """
     from .members import MemberError, load_member
     source = load_member(folder)
     mine = (spec.arch, spec.encoder, spec.model_kwargs)
     theirs = (source.spec.arch, source.spec.encoder, source.spec.model_kwargs)
+    dice = source.spec.metrics.get("validation_dice", {}).get("mean", float("nan"))
+    if encoder_only:
+        if source.spec.encoder != spec.encoder:
+            raise MemberError(f"{folder}: cannot copy its encoder into {spec.name}: it is "
+                              f"{source.spec.encoder}, this member needs {spec.encoder}")
+        network.encoder.load_state_dict(source.network.encoder.state_dict())
+        log(f"{spec.name}: encoder warm start from {folder} ({source.spec.arch}, validation "
+            f"Dice {dice:.4f}); the decoder starts from random weights")
+        return
     if mine != theirs:
         raise MemberError(f"{folder}: cannot warm-start {spec.name} from it: it is {theirs}, "
                           f"this member is {mine}")
     network.load_state_dict(source.network.state_dict())
-    log(f"{spec.name}: warm start from {folder} (validation Dice "
-        f"{source.spec.metrics.get('validation_dice', {}).get('mean', float('nan')):.4f})")
+    log(f"{spec.name}: warm start from {folder} (validation Dice {dice:.4f})")
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

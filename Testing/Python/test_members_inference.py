@@ -132,6 +132,18 @@ def test_weighted_fusion_uses_the_manifest_weights(untrained_models, case):
     np.testing.assert_array_equal(weighted.labels, expected)
 
 
+def test_zero_weight_members_are_skipped_without_changing_the_labels(untrained_models, case):
+    ensemble = load_ensemble(untrained_models, device="cpu", fusion="weighted")
+    ensemble.weights = [2.0, 0.0, 1.0]
+    probs, seconds = ensemble.member_probabilities(case)
+    expected = ensemble.fuse(case, probs, seconds, "weighted").labels
+    prediction = ensemble.predict(case)
+    assert [m.name for m in prediction.members] == ["unet-mnv2", "fpn-mnv2"]
+    np.testing.assert_array_equal(prediction.labels, expected)
+    # another rule asked for explicitly still runs every member
+    assert len(ensemble.predict(case, fusion="mean").members) == 3
+
+
 def test_members_share_one_preprocessing_pass_when_specs_agree(untrained_models, case,
                                                                monkeypatch):
     import CardiacEnsembleLib.ensemble as ensemble_module

@@ -79,3 +79,27 @@ def test_warm_start_copies_a_members_weights_and_refuses_another_network(untrain
     with pytest.raises(MemberError, match="cannot warm-start unet-mnv2"):
         _warm_start(create_network(recipe_spec("unet-mnv2")), recipe_spec("unet-mnv2"),
                     untrained_models / "fpn-mnv2", log=lambda line: None)
+
+
+def test_encoder_warm_start_copies_only_the_encoder_across_architectures(untrained_models):
+    import torch
+
+    from CardiacEnsembleLib.members import MemberError, create_network, load_member
+    from CardiacEnsembleLib.training import _warm_start
+
+    spec = recipe_spec("unetpp-mnv2")
+    torch.manual_seed(7)
+    network = create_network(spec)
+    decoder_before = {k: v.clone() for k, v in network.decoder.state_dict().items()}
+    _warm_start(network, spec, untrained_models / "fpn-mnv2", log=lambda line: None,
+                encoder_only=True)
+    source = load_member(untrained_models / "fpn-mnv2").network.encoder.state_dict()
+    for name, value in network.encoder.state_dict().items():
+        assert torch.equal(value, source[name]), name
+    for name, value in network.decoder.state_dict().items():
+        assert torch.equal(value, decoder_before[name]), name
+    other = recipe_spec("unetpp-mnv2")
+    other.encoder = "resnet18"
+    with pytest.raises(MemberError, match="it is mobilenet_v2, this member needs resnet18"):
+        _warm_start(create_network(other), other, untrained_models / "fpn-mnv2",
+                    log=lambda line: None, encoder_only=True)
