@@ -301,6 +301,11 @@ def cmd_info(args) -> int:
     return 0
 
 
+def format_weight(value) -> str:
+    """A member's fusion weight as text: 0.664, or 0.695/0.312/0.695/0.861 per class."""
+    return "/".join(f"{v:.3f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
+
+
 def cmd_models(args) -> int:
     from .ensemble import DEFAULT_MODELS_DIR, read_manifest
     from .members import verify_member
@@ -314,7 +319,9 @@ def cmd_models(args) -> int:
     if manifest.get("note"):
         print(f"note: {manifest['note']}")
     if manifest.get("weights"):
-        print("weights: " + ", ".join(f"{k} {v:.3f}" for k, v in manifest["weights"].items()))
+        print("weights" + (" (background, RV, Myo, LV)" if any(
+            isinstance(v, list) for v in manifest["weights"].values()) else "") + ": " + ", ".join(
+            f"{k} {format_weight(v)}" for k, v in manifest["weights"].items()))
     chosen = (manifest.get("selection") or {}).get("validation", {}).get("dice", {})
     if chosen:
         print(f"validation mean Dice {chosen['mean']:.4f} ({manifest['selection']['chosen']}, "

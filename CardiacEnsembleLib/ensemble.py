@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .case import Case, MemberOutput, Prediction
-from .fusion import FUSION_RULES, fuse
+from .fusion import FUSION_RULES, MemberWeight, fuse, member_counts
 from .inference import (CancelToken, Progress, optimize_for_inference, pick_device,
                         predict_slices)
 from .members import Member, MemberError, load_member
@@ -31,7 +31,8 @@ DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
 class Ensemble:
     members: list[Member]
     fusion: str = "mean"
-    weights: Optional[list[float]] = None  # one per member; used by the "weighted" rule
+    # one per member (a number, or one per class), used by the "weighted" rule
+    weights: Optional[list[MemberWeight]] = None
     tta: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
@@ -76,9 +77,9 @@ class Ensemble:
         no part in the gate step's slice vote.
         """
         rule = rule or self.fusion
-        if rule != "weighted" or self.weights is None or all(w > 0 for w in self.weights):
+        if rule != "weighted" or self.weights is None or all(map(member_counts, self.weights)):
             return self
-        keep = [i for i, w in enumerate(self.weights) if w > 0]
+        keep = [i for i, w in enumerate(self.weights) if member_counts(w)]
         if not keep:
             raise ValueError(f"every member of {self.names} has weight 0")
         return Ensemble([self.members[i] for i in keep], rule, [self.weights[i] for i in keep],
@@ -236,12 +237,17 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
             optimize_for_inference(member.network)
         loaded.append(member)
     weights_by_name = manifest.get("weights") or {}
-    weights = [float(weights_by_name[m.name]) for m in loaded] \
+    weights = [_member_weight(weights_by_name[m.name]) for m in loaded] \
         if all(m.name in weights_by_name for m in loaded) and weights_by_name else None
     rule = fusion or manifest.get("fusion", "mean")
     steps = tuple(manifest.get("postprocess") or ()) if postprocess is None else postprocess
     return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""),
                     steps)
+
+
+def _member_weight(value) -> MemberWeight:
+    """A manifest weight: a number, or a list of one number per class (background first)."""
+    return [float(v) for v in value] if isinstance(value, list) else float(value)
 
 
 def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, name: str,

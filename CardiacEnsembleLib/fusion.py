@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,24 +41,57 @@ STAPLE_MAX_ITERATIONS = 100
 
 # --------------------------------------------------------------------------- probability rules
 
-def _normalised_weights(weights: Sequence[float], num_members: int) -> list[float]:
-    """Check weights and scale them to sum 1, so only their ratios matter.
+#: One member's weight: a number (every class alike) or one number per class (background first).
+MemberWeight = Union[float, Sequence[float]]
+
+
+def _normalised_weights(weights: Sequence[MemberWeight], num_members: int,
+                        num_classes: int) -> torch.Tensor:
+    """Check weights and return them as an (M, C) float64 table whose columns sum to 1.
+
+    A member's weight is a number (the same for every class) or a list of C numbers, one per
+    class: members are good at different structures (here one is best on the RV, another on the
+    myocardium), and a per-class weight lets the fusion trust each where it is good.
+    Scaling a column leaves the result unchanged, so only ratios within a class matter.
 
     Why strict: a negative or NaN weight would turn "probabilities" into something that is not
-    one, and an all-zero set has no meaning; both are configuration mistakes worth stopping on.
+    one, and a class that no member may vote for has no meaning; both are configuration mistakes
+    worth stopping on.
     """
-    values = [float(w) for w in weights]
-    if len(values) != num_members:
-        raise ValueError(f"fusion weights {values} have {len(values)} entries but there are "
+    rows = list(weights)
+    if len(rows) != num_members:
+        raise ValueError(f"fusion weights {rows} have {len(rows)} entries but there are "
                          f"{num_members} members; give one weight per member")
-    if not all(math.isfinite(w) for w in values):
-        raise ValueError(f"fusion weights {values} must all be finite numbers")
-    if any(w < 0 for w in values):
-        raise ValueError(f"fusion weights {values} must be non-negative")
-    total = sum(values)
-    if total <= 0:
-        raise ValueError(f"fusion weights {values} are all zero; at least one member must count")
-    return [w / total for w in values]
+    table = []
+    for row in rows:
+        values = [float(w) for w in row] if isinstance(row, (list, tuple)) else \
+            [float(row)] * num_classes
+        if len(values) != num_classes:
+            raise ValueError(f"fusion weights {rows}: a per-class weight needs {num_classes} "
+                             f"numbers (background first), got {len(values)}")
+        table.append(values)
+    if not all(math.isfinite(w) for row in table for w in row):
+        raise ValueError(f"fusion weights {rows} must all be finite numbers")
+    if any(w < 0 for row in table for w in row):
+        raise ValueError(f"fusion weights {rows} must be non-negative")
+    table = torch.tensor(table, dtype=torch.float64)
+    totals = table.sum(dim=0)
+    if (totals <= 0).any():
+        zero = [c for c in range(num_classes) if totals[c] <= 0]
+        raise ValueError(f"fusion weights {rows} are all zero"
+                         + ("" if len(zero) == num_classes else f" for class(es) {zero}")
+                         + "; at least one member must count")
+    return table / totals
+
+
+def is_per_class(weights: Optional[Sequence[MemberWeight]]) -> bool:
+    """True when any member's weight is a per-class list (the fused maps need renormalising)."""
+    return weights is not None and any(isinstance(w, (list, tuple)) for w in weights)
+
+
+def member_counts(weight: MemberWeight) -> bool:
+    """Whether a member with this weight can change a weighted fusion at all."""
+    return any(w > 0 for w in weight) if isinstance(weight, (list, tuple)) else weight > 0
 
 
 def _check_member_probs(member_probs: torch.Tensor) -> None:
@@ -78,26 +111,36 @@ def _check_member_probs(member_probs: torch.Tensor) -> None:
 
 
 def mean_probabilities(member_probs: torch.Tensor,
-                       weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+                       weights: Optional[Sequence[MemberWeight]] = None) -> torch.Tensor:
     """Average the members' softmax maps: (M, C, ...) -> float32 (C, ...), on the input's device.
 
-    `weights` (one per member, non-negative, not all zero) are normalised to sum 1, so scaling them
-    all leaves the result unchanged; None means equal weights.
+    `weights` (one per member: a number, or a list of one number per class; non-negative) are
+    normalised per class to sum 1, so scaling them leaves the result unchanged; None means equal
+    weights. With per-class weights the class maps no longer sum to 1 voxel by voxel, so they
+    are divided by their sum: the argmax is unchanged and the entropy stays a proper one.
 
     Why float32: members may run in fp16/bf16 for speed, but summing M maps in half precision
     loses the small differences that decide argmax and entropy near class boundaries. Members are
     added one at a time into a float32 accumulator, so no float32 copy of all M maps is made.
     """
     _check_member_probs(member_probs)
-    num_members = member_probs.shape[0]
-    if weights is None:
-        normalised = [1.0 / num_members] * num_members
-    else:
-        normalised = _normalised_weights(weights, num_members)
+    num_members, num_classes = member_probs.shape[:2]
     fused = torch.zeros(member_probs.shape[1:], dtype=torch.float32, device=member_probs.device)
-    for member, weight in zip(member_probs, normalised):  # M is a handful of networks
-        if weight:
-            fused.add_(member, alpha=weight)
+    if weights is None:
+        for member in member_probs:  # M is a handful of networks
+            fused.add_(member, alpha=1.0 / num_members)
+        return fused
+    table = _normalised_weights(weights, num_members, num_classes).tolist()
+    for member, row in zip(member_probs, table):
+        if len(set(row)) == 1:  # one weight for every class
+            if row[0]:
+                fused.add_(member, alpha=row[0])
+            continue
+        for plane, member_plane, weight in zip(fused, member, row):
+            if weight:
+                plane.add_(member_plane, alpha=weight)
+    if is_per_class(weights):
+        fused.div_(fused.sum(dim=0, keepdim=True).clamp_min_(1e-12))
     return fused
 
 
@@ -246,7 +289,7 @@ class FusionResult:
 
 
 def _check_fuse_inputs(rule: str, member_probs: torch.Tensor,
-                       weights: Optional[Sequence[float]]) -> None:
+                       weights: Optional[Sequence[MemberWeight]]) -> None:
     if rule not in FUSION_RULES:
         raise ValueError(f"unknown fusion rule {rule!r}; valid rules are "
                          f"{', '.join(FUSION_RULES)}")
@@ -282,11 +325,12 @@ def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def fuse(rule: str, member_probs: torch.Tensor,
-         weights: Optional[Sequence[float]] = None) -> FusionResult:
+         weights: Optional[Sequence[MemberWeight]] = None) -> FusionResult:
     """Fuse (M, C, Z, Y, X) member probabilities with one of `FUSION_RULES`.
 
     * "mean": argmax of the members' average probabilities.
-    * "weighted": argmax of the weighted average (weights required, one per member).
+    * "weighted": argmax of the weighted average (weights required, one per member: a number
+      or one per class).
     * "vote" / "staple": each member's argmax labels fused by SimpleITK; ties are broken by the
       mean-probability argmax.
 

@@ -87,6 +87,26 @@ def test_weights_are_normalised_so_only_their_ratio_matters():
                                reference)
 
 
+def test_per_class_weights_take_each_class_from_the_member_trusted_for_it():
+    member_probs = torch.tensor([[[0.6], [0.4]], [[0.2], [0.8]]])  # (M=2, C=2, 1 voxel)
+    # background only from member 0 (0.6), class 1 only from member 1 (0.8), renormalised
+    fused = mean_probabilities(member_probs, weights=[[1.0, 0.0], [0.0, 1.0]])
+    torch.testing.assert_close(fused, torch.tensor([[0.6 / 1.4], [0.8 / 1.4]]))
+    # the same per-class list for every class is the plain weighted mean
+    torch.testing.assert_close(mean_probabilities(member_probs, weights=[[3.0, 3.0], [1.0, 1.0]]),
+                               mean_probabilities(member_probs, weights=[3.0, 1.0]))
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([[1.0, 0.0], [1.0, 0.0]], r"all zero for class\(es\) \[1\]"),
+    ([[1.0, 1.0, 1.0], 1.0], "needs 2 numbers"),
+    ([[1.0, -0.5], 1.0], "non-negative")])
+def test_bad_per_class_weights_are_refused_naming_the_problem(weights, message):
+    member_probs = torch.full((2, 2, 1), 0.5)
+    with pytest.raises(ValueError, match=message):
+        mean_probabilities(member_probs, weights=weights)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_members_are_fused_in_float32(dtype):
     member_probs = torch.tensor([[[0.75], [0.25]], [[0.5], [0.5]]], dtype=dtype)

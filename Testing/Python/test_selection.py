@@ -16,7 +16,8 @@ from CardiacEnsembleLib.acdc import PatientFolder, SplitLeakError, load_splits
 from CardiacEnsembleLib.ensemble import load_ensemble
 from CardiacEnsembleLib.selection import (ValidationFrame, _foreground_box,
                                           collect_validation_frames, coordinate_ascent,
-                                          frame_dice, random_search, select, weighted_mean_dice)
+                                          frame_dice, per_class_ascent, random_search, select,
+                                          weighted_mean_dice)
 
 
 def soft(labels: np.ndarray, confidence: float) -> torch.Tensor:
@@ -57,6 +58,30 @@ def test_both_searches_find_weights_that_follow_the_true_member(frames):
     assert all(b >= a for a, b in zip(ascent.trace, ascent.trace[1:]))
 
 
+def test_per_class_search_trusts_each_member_with_the_structure_it_gets_right(patient_dir):
+    """Member 0 has the true RV but a misplaced myocardium and LV; member 1 has no RV but the
+    true myocardium and LV. No single weighting can take both; per-class weights can."""
+    frames = []
+    for phase in ("ED", "ES"):
+        case = PatientFolder.open(patient_dir("patient001")).load(phase)
+        truth = case.labels.astype(np.uint8)
+        shifted = np.roll(truth, 6, axis=2)
+        rv_right = np.where(truth == 1, 1, np.where(shifted == 1, 0, shifted)).astype(np.uint8)
+        no_rv = np.where(truth == 1, 0, truth).astype(np.uint8)
+        probs = torch.stack([soft(rv_right, 0.9), soft(no_rv, 0.9)])
+        frames.append(ValidationFrame("patient001", phase, probs.half(),
+                                      torch.from_numpy(truth), case.spacing_zyx))
+    member_level = coordinate_ascent(frames)
+    per_class = per_class_ascent(frames, member_level.weights, max_evaluations=300)
+    assert per_class.trace[0] == pytest.approx(member_level.dice)
+    assert per_class.dice > member_level.dice + 0.02 and per_class.dice > 0.98
+    table = np.asarray(per_class.weights)
+    assert table[0, 1] > table[1, 1]  # RV from member 0
+    assert table[1, 2] > table[0, 2] and table[1, 3] > table[0, 3]  # Myo and LV from member 1
+    np.testing.assert_allclose(table.sum(axis=0), 1.0)
+    assert weighted_mean_dice(frames, per_class.weights) == pytest.approx(per_class.dice)
+
+
 def test_cropping_to_the_foreground_box_does_not_change_dice(frames, patient_dir):
     case = PatientFolder.open(patient_dir("patient001")).load("ED")
     truth = torch.from_numpy(case.labels.astype(np.uint8))
@@ -79,7 +104,10 @@ def test_select_scores_every_rule_and_post_processing(frames, untrained_models):
     assert set(update["weights"]) == set(ensemble.names)
     assert update["selection"]["split"] == "validation"
     assert [s["method"] for s in update["selection"]["weight_search"]] == \
-        ["random search", "coordinate ascent"]
+        ["random search", "coordinate ascent", "per-class coordinate ascent"]
+    searched = max(selection.searches, key=lambda s: s.dice)
+    weighted = next(c for c in selection.candidates if c.name == "ensemble-weighted")
+    assert weighted.weights == searched.weights  # the better search's weights are the ones used
 
 
 def test_selection_reads_only_validation_patients(acdc, untrained_models, patients_read):
