@@ -12,7 +12,6 @@ interpolated label values ever leak in.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import random
 import time

@@ -6,6 +6,9 @@
 #            (0.6x the compute per step), lr 1e-3; DeepLabV3+ had no stage 1 and starts here.
 #            For release 1.0 the DeepLabV3+ run was stopped after 18 of its 29 epochs (session
 #            time; its best epoch ships); rerunning this script resumes it from last.pt.
+#   stage 3 (release 1.1): a fifth member, Unet++, whose encoder starts from the stage-2 U-Net's
+#            (--init-encoder-from; the decoder starts from random weights), 32 epochs, 2 threads.
+#            Run it alone: two OpenMP threads next to any other busy process slow it 3-6x.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.
@@ -18,7 +21,12 @@ cli=.venv/bin/cardiac-ensemble
 train() { OMP_NUM_THREADS=1 nohup $cli -q train --data "$data" --threads 1 --device "$device" \
             --version 1.0 "$@" > "$runs/$(basename "${@: -1}").log" 2>&1 & }
 mkdir -p "$runs/interim" "$runs/v1"
-if [[ "${1:-}" == "stage1" ]]; then
+if [[ "${1:-}" == "stage3" ]]; then
+  OMP_NUM_THREADS=2 nohup $cli -q train --data "$data" --threads 2 --device "$device" \
+    --version 1.1 --recipe unetpp-mnv2 --epochs 32 --iterations 100 --patch-size 128 --lr 1e-3 \
+    --init-encoder-from "$runs/v1/unet-mnv2/best" --out "$runs/v1/unetpp-mnv2" \
+    > "$runs/v1/unetpp-mnv2.log" 2>&1 &
+elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
           --out "$runs/interim/$recipe"
