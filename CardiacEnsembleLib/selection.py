@@ -187,30 +187,10 @@ def random_search(frames: Sequence[ValidationFrame], trials: int = 64, seed: int
 def coordinate_ascent(frames: Sequence[ValidationFrame], start: Optional[Sequence[float]] = None,
                       step: float = 0.1, min_step: float = 0.025, max_evaluations: int = 400,
                       cancel: Optional[CancelToken] = None) -> SearchResult:
-    started = time.perf_counter()
+    """Coordinate ascent on one weight per member (the shares of a single column)."""
     m = frames[0].member_probs.shape[0]
-    weights = np.asarray(start if start is not None else [1.0 / m] * m, dtype=float)
-    weights = weights / weights.sum()
-    best = weighted_mean_dice(frames, weights)
-    trace = [best]
-    while step >= min_step and len(trace) < max_evaluations:
-        moved = True
-        while moved and len(trace) < max_evaluations:
-            moved = False
-            for i in range(m):
-                for share in _shares_around(weights[i], step):
-                    if cancel is not None:
-                        cancel.raise_if_cancelled()
-                    candidate = _with_share(weights, i, share)
-                    if candidate is None:
-                        continue
-                    score = weighted_mean_dice(frames, candidate)
-                    trace.append(max(best, score))
-                    if score > best + 1e-9:
-                        best, weights, moved = score, candidate, True
-        step /= 2
-    return SearchResult("coordinate ascent", [float(w) for w in weights], best, len(trace),
-                        time.perf_counter() - started, trace)
+    column = np.asarray(start if start is not None else [1.0 / m] * m, dtype=float)[:, None]
+    return _ascend(frames, column, "coordinate ascent", step, min_step, max_evaluations, cancel)
 
 
 def per_class_ascent(frames: Sequence[ValidationFrame], start: Sequence[float],
@@ -222,33 +202,50 @@ def per_class_ascent(frames: Sequence[ValidationFrame], start: Sequence[float],
     (every column equal), so this search can only keep or improve its validation Dice; what it
     adds is letting, say, the member best on the RV carry more of the RV vote.
     """
-    started = time.perf_counter()
     classes = frames[0].member_probs.shape[1]
     table = np.tile(np.asarray(start, dtype=float)[:, None], (1, classes))
+    return _ascend(frames, table, "per-class coordinate ascent", step, min_step, max_evaluations,
+                   cancel)
+
+
+def _ascend(frames: Sequence[ValidationFrame], table: np.ndarray, method: str, step: float,
+            min_step: float, max_evaluations: int,
+            cancel: Optional[CancelToken]) -> SearchResult:
+    """Coordinate ascent on an (M, K) table of member shares, each column on the simplex.
+
+    K = 1 is one weight per member; K = C is one per member and class. One coordinate is one
+    member's share in one column; the column's other members keep their ratios.
+    """
+    started = time.perf_counter()
+
+    def as_weights(t: np.ndarray) -> list:
+        return [float(w) for w in t[:, 0]] if t.shape[1] == 1 else \
+            [[float(w) for w in row] for row in t]
+
     table = table / table.sum(axis=0, keepdims=True)
-    best = weighted_mean_dice(frames, table.tolist())
+    best = weighted_mean_dice(frames, as_weights(table))
     trace = [best]
     while step >= min_step and len(trace) < max_evaluations:
         moved = True
         while moved and len(trace) < max_evaluations:
             moved = False
-            for c in range(classes):
+            for k in range(table.shape[1]):
                 for i in range(table.shape[0]):
-                    for share in _shares_around(table[i, c], step):
+                    for share in _shares_around(table[i, k], step):
                         if cancel is not None:
                             cancel.raise_if_cancelled()
-                        column = _with_share(table[:, c].copy(), i, share)
+                        column = _with_share(table[:, k].copy(), i, share)
                         if column is None or len(trace) >= max_evaluations:
                             continue
                         candidate = table.copy()
-                        candidate[:, c] = column
-                        score = weighted_mean_dice(frames, candidate.tolist())
+                        candidate[:, k] = column
+                        score = weighted_mean_dice(frames, as_weights(candidate))
                         trace.append(max(best, score))
                         if score > best + 1e-9:
                             best, table, moved = score, candidate, True
         step /= 2
-    return SearchResult("per-class coordinate ascent", [[float(w) for w in row] for row in table],
-                        best, len(trace), time.perf_counter() - started, trace)
+    return SearchResult(method, as_weights(table), best, len(trace),
+                        time.perf_counter() - started, trace)
 
 
 def _shares_around(current: float, step: float) -> list[float]:
