@@ -198,9 +198,8 @@ def _extra_outputs(out: Path, args) -> list[Path]:
 
 def cmd_evaluate(args) -> int:
     from .acdc import find_patients, load_splits
-    from .evaluation import (evaluate, shipped_method, summary_table, write_clinical_csv,
-                             write_scores_csv)
-    from .postprocess import lone_member_steps, variant_name
+    from .evaluation import (evaluate, member_methods, shipped_method, summary_table,
+                             write_clinical_csv, write_scores_csv)
 
     if args.data is None:
         args.data = SAMPLE_DIR.parent
@@ -241,8 +240,7 @@ def cmd_evaluate(args) -> int:
     print(table)
     print(f"wrote {outputs[0]}, {outputs[1]}, {outputs[2]}")
     shipped = shipped_method(ensemble)
-    steps = lone_member_steps(ensemble.postprocess)
-    members = ensemble.names + ([m + variant_name(steps) for m in ensemble.names] if steps else [])
+    members = member_methods(ensemble)
     if args.report is not None:
         _write_evaluation_report(args, ensemble, result, patients, shipped, members)
     if args.record_in_manifest:
@@ -301,13 +299,9 @@ def cmd_info(args) -> int:
     return 0
 
 
-def format_weight(value) -> str:
-    """A member's fusion weight as text: 0.664, or 0.695/0.312/0.695/0.861 per class."""
-    return "/".join(f"{v:.3f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
-
-
 def cmd_models(args) -> int:
     from .ensemble import DEFAULT_MODELS_DIR, read_manifest
+    from .fusion import weight_text
     from .members import verify_member
 
     models_dir = args.models or DEFAULT_MODELS_DIR
@@ -321,7 +315,7 @@ def cmd_models(args) -> int:
     if manifest.get("weights"):
         print("weights" + (" (background, RV, Myo, LV)" if any(
             isinstance(v, list) for v in manifest["weights"].values()) else "") + ": " + ", ".join(
-            f"{k} {format_weight(v)}" for k, v in manifest["weights"].items()))
+            f"{k} {weight_text(v)}" for k, v in manifest["weights"].items()))
     chosen = (manifest.get("selection") or {}).get("validation", {}).get("dice", {})
     if chosen:
         print(f"validation mean Dice {chosen['mean']:.4f} ({manifest['selection']['chosen']}, "

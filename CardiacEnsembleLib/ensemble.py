@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -62,11 +62,14 @@ class Ensemble:
             raise ValueError(f"no member(s) {unknown}; this ensemble has {self.names}")
         keep = [self.names.index(n) for n in names]
         if len(keep) == 1:  # one member alone: its own argmax, whatever the rule and weights
-            return Ensemble([self.members[keep[0]]], "mean", None, self.tta, self.device,
-                            self.description, lone_member_steps(self.postprocess))
+            return replace(self, members=[self.members[keep[0]]], fusion="mean", weights=None,
+                           postprocess=lone_member_steps(self.postprocess))
+        return self._keeping(keep)
+
+    def _keeping(self, keep: Sequence[int]) -> "Ensemble":
+        """The same settings for the members at `keep` (weights follow their members)."""
         weights = None if self.weights is None else [self.weights[i] for i in keep]
-        return Ensemble([self.members[i] for i in keep], self.fusion, weights, self.tta,
-                        self.device, self.description, self.postprocess)
+        return replace(self, members=[self.members[i] for i in keep], weights=weights)
 
     def active(self, rule: Optional[str] = None) -> "Ensemble":
         """The ensemble without members that cannot change `rule`'s result (default: its own).
@@ -82,8 +85,7 @@ class Ensemble:
         keep = [i for i, w in enumerate(self.weights) if member_counts(w)]
         if not keep:
             raise ValueError(f"every member of {self.names} has weight 0")
-        return Ensemble([self.members[i] for i in keep], rule, [self.weights[i] for i in keep],
-                        self.tta, self.device, self.description, self.postprocess)
+        return replace(self._keeping(keep), fusion=rule)
 
     def member_probabilities(self, case: Case, progress: Optional[Progress] = None,
                              cancel: Optional[CancelToken] = None,

@@ -62,6 +62,14 @@ def shipped_method(ensemble: Ensemble) -> str:
     return ensemble_method(ensemble.fusion, ensemble.postprocess)
 
 
+def member_methods(ensemble: Ensemble) -> list[str]:
+    """Each member as the network produces it, then (when the ensemble cleans up its output)
+    each member with the steps a lone member can use: the rivals the ensemble must beat."""
+    lone = lone_member_steps(ensemble.postprocess)
+    variants = [()] + ([lone] if lone else [])
+    return [m + variant_name(v) for v in variants for m in ensemble.names]
+
+
 def default_rules(ensemble: Ensemble) -> list[str]:
     return [r for r in FUSION_RULES if r != "weighted" or ensemble.weights is not None]
 
@@ -81,8 +89,7 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
     variants = [()] + ([ensemble.postprocess] if ensemble.postprocess else [])
     lone = lone_member_steps(ensemble.postprocess)
     member_variants = [()] + ([lone] if lone else [])
-    methods = [m + variant_name(v) for v in member_variants for m in ensemble.names]
-    methods += [ensemble_method(r, v) for v in variants for r in rules]
+    methods = member_methods(ensemble) + [ensemble_method(r, v) for v in variants for r in rules]
     result = Evaluation(methods=methods)
     total = len(patients) * len(PHASES)
     for index, patient in enumerate(patients):

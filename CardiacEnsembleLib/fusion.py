@@ -89,6 +89,12 @@ def is_per_class(weights: Optional[Sequence[MemberWeight]]) -> bool:
     return weights is not None and any(isinstance(w, (list, tuple)) for w in weights)
 
 
+def weight_text(weight: MemberWeight) -> str:
+    """A member's weight as text: 0.664, or 0.473/0.000/0.350/0.550 per class."""
+    return "/".join(f"{w:.3f}" for w in weight) if isinstance(weight, (list, tuple)) else \
+        f"{weight:.3f}"
+
+
 def member_counts(weight: MemberWeight) -> bool:
     """Whether a member with this weight can change a weighted fusion at all."""
     return any(w > 0 for w in weight) if isinstance(weight, (list, tuple)) else weight > 0

@@ -40,7 +40,7 @@ import torch
 from .acdc import PHASES, check_no_test_patients, find_patients, load_splits
 from .case import STRUCTURES
 from .ensemble import Ensemble
-from .fusion import MemberWeight, class_argmax, fuse, mean_probabilities
+from .fusion import MemberWeight, class_argmax, fuse, mean_probabilities, weight_text
 from .inference import CancelToken, Progress
 from .metrics import dice, score_labels
 from .postprocess import apply_steps, variant_name
@@ -107,10 +107,6 @@ class Selection:
 
 def _rounded(weight: MemberWeight) -> MemberWeight:
     return [round(w, 4) for w in weight] if isinstance(weight, list) else round(weight, 4)
-
-
-def _weight_text(weight: MemberWeight) -> str:
-    return "/".join(f"{w:.3f}" for w in weight) if isinstance(weight, list) else f"{weight:.3f}"
 
 
 def collect_validation_frames(ensemble: Ensemble, data_root: Path, *, limit: int = 0,
@@ -356,7 +352,7 @@ def selection_markdown(selection: Selection) -> str:
              "|---|---|---|---|---|"]
     for s in selection.searches:
         lines.append(f"| {s.method} | {s.dice:.4f} | {s.evaluations} | {s.seconds:.0f} | "
-                     + ", ".join(map(_weight_text, s.weights)) + " |")
+                     + ", ".join(map(weight_text, s.weights)) + " |")
     lines += ["", "## Candidates", "",
               "| setting | Dice RV | Dice Myo | Dice LV | Dice mean | HD95 mean (mm) |",
               "|---|---|---|---|---|---|"]

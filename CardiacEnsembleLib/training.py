@@ -28,7 +28,8 @@ from .acdc import (PHASES, SplitLeakError, check_no_test_patients, find_patients
 from .case import NUM_CLASSES, STRUCTURES, Case
 from .fusion import class_argmax
 from .inference import CancelToken, Progress, predict_slices
-from .members import Member, MemberSpec, create_network, save_member
+from .members import (Member, MemberError, MemberSpec, create_network, load_member,
+                      save_member)
 from .metrics import dice
 from .preprocess import crop_or_pad, prepare_slices, resample_slices, restore_probabilities
 
@@ -287,7 +288,6 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
             f"val Dice RV {scores['RV']:.3f} Myo {scores['Myo']:.3f} LV {scores['LV']:.3f} "
             f"mean {scores['mean']:.4f} (best {state.best_dice:.4f} @ {state.best_epoch}) "
             f"{row['seconds']:.0f}s")
-    from .members import load_member
     return load_member(out_dir / "best", device)
 
 
@@ -302,7 +302,6 @@ def _warm_start(network: torch.nn.Module, spec: MemberSpec, folder: Path,
     already trained on ACDC (our stand-in for the ImageNet weights we cannot download); then only
     the encoder must match.
     """
-    from .members import MemberError, load_member
     source = load_member(folder)
     mine = (spec.arch, spec.encoder, spec.model_kwargs)
     theirs = (source.spec.arch, source.spec.encoder, source.spec.model_kwargs)

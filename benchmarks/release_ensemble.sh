@@ -17,7 +17,7 @@ cli=.venv/bin/cardiac-ensemble
 $cli -q ship "$runs"/unet-mnv2 "$runs"/linknet-mnv2 "$runs"/fpn-mnv2 "$runs"/deeplabv3plus-mnv2 \
   "$runs"/unetpp-mnv2 --name acdc-default --version 1.1 --overwrite \
   --description "CardiacEnsemble acdc-default 1.1 (U-Net, LinkNet, FPN, DeepLabV3+, U-Net++ on MobileNetV2)" \
-  --note "Members trained on a 2-core CPU only (U-Net, LinkNet, FPN about 5,000 steps of 16 slices; DeepLabV3+ 1,800, stopped early; U-Net++ 3,200 from the U-Net's encoder); see reports/acdc_test.md."
+  --note "Members trained on a 2-core CPU only (U-Net, LinkNet, FPN about 5,000 steps of 16 slices; DeepLabV3+ 1,900, stopped early; U-Net++ 3,200 from the U-Net's encoder); see reports/acdc_test.md."
 $cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
 $cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
   --benchmark patient101 patient102 --record-in-manifest --overwrite
