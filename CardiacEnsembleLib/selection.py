@@ -43,10 +43,11 @@ from .ensemble import Ensemble
 from .fusion import MemberWeight, class_argmax, fuse, mean_probabilities, weight_text
 from .inference import CancelToken, Progress
 from .metrics import dice, score_labels
-from .postprocess import apply_steps, variant_name
+from .postprocess import apply_steps, lone_member_steps, variant_name
 
 #: Post-processing variants tried on validation, in order of preference when tied.
-POSTPROCESS_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("lcc",), ("gate",), ("lcc", "gate"))
+POSTPROCESS_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("lcc",), ("gate",), ("lcc", "gate"),
+                                                     ("lcc", "heart"), ("lcc", "gate", "heart"))
 #: A step is kept when it costs less than this much validation mean Dice (points of 0..1)
 #: while lowering mean HD95; Dice is the target, HD95 the tie-breaker.
 DICE_TOLERANCE = 0.001
@@ -91,6 +92,13 @@ class Selection:
     candidates: list[Candidate]
     chosen: Candidate
 
+    def best_member(self) -> Optional[Candidate]:
+        """The best single member with the chosen setting's clean-up (the fair comparison:
+        a member gets every step it can have alone)."""
+        steps = lone_member_steps(self.chosen.postprocess)
+        members = [c for c in self.candidates if c.rule == "member" and c.postprocess == steps]
+        return max(members, key=lambda c: c.dice["mean"]) if members else None
+
     def manifest_update(self) -> dict:
         """What the shipped manifest records: the choice and how it was made."""
         weights = self.chosen.weights or _best_search(self.searches).weights
@@ -101,8 +109,14 @@ class Selection:
                               "chosen": self.chosen.name,
                               "validation": {"dice": self.chosen.dice,
                                              "hd95_mm": self.chosen.hd95_mm},
+                              "best_member": _summary(self.best_member()),
                               "weight_search": [{k: v for k, v in asdict(s).items()
                                                  if k != "trace"} for s in self.searches]}}
+
+
+def _summary(candidate: Optional[Candidate]) -> Optional[dict]:
+    return None if candidate is None else {"name": candidate.name, "dice": candidate.dice,
+                                           "hd95_mm": candidate.hd95_mm}
 
 
 def _rounded(weight: MemberWeight) -> MemberWeight:
@@ -283,10 +297,13 @@ def score_candidate(frames: Sequence[ValidationFrame], name: str, rule: str,
                      dice_mean, hd95_mean)
 
 
-def member_candidate(frames: Sequence[ValidationFrame], index: int, name: str) -> Candidate:
-    """One member alone, scored like a fusion setting (a one-hot weighting)."""
+def member_candidate(frames: Sequence[ValidationFrame], index: int, name: str,
+                     steps: Sequence[str] = ()) -> Candidate:
+    """One member alone, scored like a fusion setting (a one-hot weighting), with `steps` of
+    post-processing a lone member can have."""
     one_hot = [1.0 if i == index else 0.0 for i in range(frames[0].member_probs.shape[0])]
-    candidate = score_candidate(frames, name, "weighted", one_hot, ())
+    candidate = score_candidate(frames, name + variant_name(steps), "weighted", one_hot,
+                                lone_member_steps(steps))
     candidate.rule, candidate.weights = "member", None
     return candidate
 
@@ -327,8 +344,16 @@ def select(ensemble: Ensemble, frames: Sequence[ValidationFrame], *, trials: int
             f"{variant.hd95_mm['mean']:.2f} mm")
         if _better(variant, best):
             best = variant
-    return Selection(ensemble.names, sorted({f.patient for f in frames}), searches, candidates,
-                     best)
+    lone = lone_member_steps(best.postprocess)
+    if lone:
+        candidates += [member_candidate(frames, i, name, lone)
+                       for i, name in enumerate(ensemble.names)]
+    selection = Selection(ensemble.names, sorted({f.patient for f in frames}), searches,
+                          candidates, best)
+    rival = selection.best_member()
+    log(f"chosen {best.name}: {100 * (best.dice['mean'] - rival.dice['mean']):+.2f} points over "
+        f"the best member with the same clean-up ({rival.name})")
+    return selection
 
 
 def _better(candidate: Candidate, incumbent: Candidate) -> bool:
@@ -360,6 +385,12 @@ def selection_markdown(selection: Selection) -> str:
         mark = " **(chosen)**" if c is selection.chosen else ""
         lines.append(f"| {c.name}{mark} | " + " | ".join(f"{c.dice[s]:.4f}" for s in STRUCTURES)
                      + f" | {c.dice['mean']:.4f} | {c.hd95_mm['mean']:.2f} |")
+    rival = selection.best_member()
+    if rival is not None:
+        gains = ", ".join(f"{s} {100 * (selection.chosen.dice[s] - rival.dice[s]):+.2f}"
+                          for s in (*STRUCTURES, "mean"))
+        lines += ["", f"Chosen setting against the best member with the same clean-up "
+                      f"({rival.name}), Dice points: {gains}."]
     return "\n".join(lines) + "\n"
 
 

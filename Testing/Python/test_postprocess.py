@@ -6,7 +6,8 @@ import pytest
 
 from CardiacEnsembleLib.acdc import PatientFolder
 from CardiacEnsembleLib.postprocess import (apply_steps, gate_empty_slices,
-                                            keep_largest_components, variant_name)
+                                            keep_largest_components, keep_largest_heart,
+                                            variant_name)
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,29 @@ def test_largest_component_removes_a_far_blob_and_keeps_the_heart(truth):
 
 def test_largest_component_leaves_clean_anatomy_untouched(truth):
     np.testing.assert_array_equal(keep_largest_components(truth), truth)
+
+
+def _with_detached_fake_heart(truth: np.ndarray) -> np.ndarray:
+    """`truth` plus an LV-coloured square ringed by "myocardium", in the corner away from the
+    heart: its cavity outgrows the true LV, the whole blob stays smaller than the heart."""
+    noisy = truth.copy()
+    assert not truth[:, :70, 140:].any()  # the corner is empty in patient001 ED
+    noisy[2:7, 2:64, 150:212] = 2
+    noisy[2:7, 4:62, 152:210] = 3
+    return noisy
+
+
+def test_per_structure_components_keep_a_fake_cavity_larger_than_the_true_one(truth):
+    cleaned = keep_largest_components(_with_detached_fake_heart(truth))
+    assert (cleaned == 3).sum() > (truth == 3).sum()
+    assert not (cleaned[truth == 3] == 3).any()  # the true LV cavity is gone: Dice 0
+
+
+def test_whole_heart_component_removes_the_fake_heart_before_per_structure_clean_up(truth):
+    noisy = _with_detached_fake_heart(truth)
+    np.testing.assert_array_equal(keep_largest_heart(noisy), truth)
+    np.testing.assert_array_equal(apply_steps(noisy, ["lcc", "heart"]), truth)
+    np.testing.assert_array_equal(keep_largest_heart(truth), truth)
 
 
 def test_gate_erases_slices_that_most_members_see_as_empty(truth):
@@ -47,6 +71,7 @@ def test_gate_keeps_a_slice_that_half_or_more_of_the_members_see(truth):
 
 def test_steps_are_checked_and_named(truth):
     assert variant_name(()) == "" and variant_name(["gate", "lcc"]) == "+lcc+gate"
+    assert variant_name(["heart", "lcc"]) == "+lcc+heart"
     with pytest.raises(ValueError, match="unknown post-processing step"):
         apply_steps(truth, ["erode"])
     with pytest.raises(ValueError, match="needs the members' label maps"):

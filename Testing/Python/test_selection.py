@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 from CardiacEnsembleLib.acdc import PatientFolder, SplitLeakError, load_splits
 from CardiacEnsembleLib.ensemble import load_ensemble
+from CardiacEnsembleLib.postprocess import lone_member_steps, variant_name
 from CardiacEnsembleLib.selection import (ValidationFrame, _foreground_box,
                                           collect_validation_frames, coordinate_ascent,
                                           frame_dice, per_class_ascent, random_search, select,
-                                          weighted_mean_dice)
+                                          selection_markdown, weighted_mean_dice)
 
 
 def soft(labels: np.ndarray, confidence: float) -> torch.Tensor:
@@ -108,6 +109,20 @@ def test_select_scores_every_rule_and_post_processing(frames, untrained_models):
     searched = max(selection.searches, key=lambda s: s.dice)
     weighted = next(c for c in selection.candidates if c.name == "ensemble-weighted")
     assert weighted.weights == searched.weights  # the better search's weights are the ones used
+    rule = selection.chosen.rule
+    assert {f"ensemble-{rule}+lcc", f"ensemble-{rule}+lcc+heart"} <= set(names)
+
+
+def test_selection_names_the_best_member_with_the_chosen_clean_up(frames, untrained_models):
+    ensemble = load_ensemble(untrained_models, device="cpu")
+    selection = select(ensemble, frames, trials=4, log=lambda line: None)
+    rival = selection.best_member()
+    assert rival.rule == "member"
+    assert rival.postprocess == lone_member_steps(selection.chosen.postprocess)
+    assert rival.name == ensemble.names[0] + variant_name(rival.postprocess)  # the truth wins
+    assert rival.dice["mean"] == pytest.approx(1.0)
+    assert selection.manifest_update()["selection"]["best_member"]["name"] == rival.name
+    assert f"best member with the same clean-up ({rival.name})" in selection_markdown(selection)
 
 
 def test_selection_reads_only_validation_patients(acdc, untrained_models, patients_read):
