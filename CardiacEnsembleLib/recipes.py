@@ -23,6 +23,13 @@ RECIPES: dict[str, dict] = {
     # (6.5 MB in fp16) that five members still fit the 40 MB budget.
     "unetpp-mnv2": {"arch": "UnetPlusPlus", "encoder": "mobilenet_v2",
                     "model_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]}},
+    # The same nested decoder with squeeze-and-excitation attention on every block, started from
+    # another member's encoder and seed: a second strong full-resolution member whose errors
+    # differ from the first's (7.0 MB in fp16; it takes DeepLabV3+'s place in the budget). The
+    # last block has 16 channels, not 8: attention squeezes channels 16-fold.
+    "unetpp-scse-mnv2": {"arch": "UnetPlusPlus", "encoder": "mobilenet_v2",
+                         "model_kwargs": {"decoder_channels": [64, 32, 16, 16, 16],
+                                          "decoder_attention_type": "scse"}},
 }
 
 

@@ -2,8 +2,9 @@
 # Package trained members as the shipped ensemble and produce its reports, in the only order
 # that keeps the test split honest:
 #  1. ship: each run's best/ member as fp16 safetensors + manifest.json (sha256, sizes);
-#  2. select, on the 20 validation patients only: weight search (random search and coordinate
-#     ascent), fusion rule, post-processing -> reports/validation_selection/, written into the
+#     DeepLabV3+ (trained, weight 0 in release 1.1's search) gave its budget to a second U-Net++;
+#  2. select, on the 20 validation patients only: weight search (random search, coordinate
+#     ascent, per-class coordinate ascent), fusion rule, post-processing -> reports/validation_selection/, written into the
 #     manifest;
 #  3. evaluate once on the 40 test patients -> reports/acdc_test.md (+ two PNGs), with the cost
 #     of each member and the ensemble benchmarked side by side on patient101 and patient102;
@@ -14,10 +15,10 @@ cd "$(dirname "$0")/.."
 data=${ACDC_ROOT:-../shared/acdc}
 runs=${RUNS:-runs/v1}
 cli=.venv/bin/cardiac-ensemble
-$cli -q ship "$runs"/unet-mnv2 "$runs"/linknet-mnv2 "$runs"/fpn-mnv2 "$runs"/deeplabv3plus-mnv2 \
-  "$runs"/unetpp-mnv2 --name acdc-default --version 1.1 --overwrite \
-  --description "CardiacEnsemble acdc-default 1.1 (U-Net, LinkNet, FPN, DeepLabV3+, U-Net++ on MobileNetV2)" \
-  --note "Members trained on a 2-core CPU only (U-Net, LinkNet, FPN about 5,000 steps of 16 slices; DeepLabV3+ 1,900, stopped early; U-Net++ 3,200 from the U-Net's encoder); see reports/acdc_test.md."
+$cli -q ship "$runs"/unet-mnv2 "$runs"/linknet-mnv2 "$runs"/fpn-mnv2 "$runs"/unetpp-mnv2 \
+  "$runs"/unetpp-scse-mnv2 --name acdc-default --version 1.2 --overwrite \
+  --description "CardiacEnsemble acdc-default 1.2 (U-Net, LinkNet, FPN, two U-Net++ on MobileNetV2)" \
+  --note "Members trained on a 2-core CPU only (U-Net, LinkNet, FPN about 5,000 steps of 16 slices; the two U-Net++ 3,200 each, encoders from the U-Net's and the FPN's); see reports/acdc_test.md."
 $cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
 $cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
   --benchmark patient101 patient102 --record-in-manifest --overwrite

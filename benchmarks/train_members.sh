@@ -9,6 +9,8 @@
 #   stage 3 (release 1.1): a fifth member, Unet++, whose encoder starts from the stage-2 U-Net's
 #            (--init-encoder-from; the decoder starts from random weights), 32 epochs, 2 threads.
 #            Run it alone: two OpenMP threads next to any other busy process slow it 3-6x.
+#   stage 4 (release 1.2): a second Unet++ with scSE attention, seed 1, its encoder from the
+#            stage-2 FPN's, 32 epochs on one thread (the other core stays free for other work).
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.
@@ -26,6 +28,9 @@ if [[ "${1:-}" == "stage3" ]]; then
     --version 1.1 --recipe unetpp-mnv2 --epochs 32 --iterations 100 --patch-size 128 --lr 1e-3 \
     --init-encoder-from "$runs/v1/unet-mnv2/best" --out "$runs/v1/unetpp-mnv2" \
     > "$runs/v1/unetpp-mnv2.log" 2>&1 &
+elif [[ "${1:-}" == "stage4" ]]; then
+  train --version 1.2 --recipe unetpp-scse-mnv2 --epochs 32 --iterations 100 --patch-size 128 \
+        --lr 1e-3 --seed 1 --init-encoder-from "$runs/v1/fpn-mnv2/best" --out "$runs/v1/unetpp-scse-mnv2"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
