@@ -15,10 +15,10 @@ cd "$(dirname "$0")/.."
 data=${ACDC_ROOT:-../shared/acdc}
 runs=${RUNS:-runs/v1}
 cli=.venv/bin/cardiac-ensemble
-$cli -q ship "$runs"/unet-mnv2 "$runs"/linknet-mnv2 "$runs"/fpn-mnv2 "$runs"/unetpp-mnv2 \
+$cli -q ship "$runs"/unet-mnv2-ft "$runs"/linknet-mnv2 "$runs"/fpn-mnv2-ft "$runs"/unetpp-mnv2 \
   "$runs"/unetpp-scse-mnv2 --name acdc-default --version 1.2 --overwrite \
   --description "CardiacEnsemble acdc-default 1.2 (U-Net, LinkNet, FPN, two U-Net++ on MobileNetV2)" \
-  --note "Members trained on a 2-core CPU only (U-Net, LinkNet, FPN about 5,000 steps of 16 slices; the two U-Net++ 3,200 each, encoders from the U-Net's and the FPN's); see reports/acdc_test.md."
+  --note "Members trained on a 2-core CPU only (U-Net and FPN about 5,000 steps of 16 slices plus a second schedule of 2,400 and 2,200; LinkNet about 5,000; U-Net++ 3,200 from the U-Net's encoder; U-Net++ with scSE 2,900 from the FPN's encoder, stopped at epoch 29 of 32); see reports/acdc_test.md."
 $cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
 $cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
   --benchmark patient101 patient102 --record-in-manifest --overwrite
