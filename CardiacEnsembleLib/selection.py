@@ -302,8 +302,8 @@ def member_candidate(frames: Sequence[ValidationFrame], index: int, name: str,
     """One member alone, scored like a fusion setting (a one-hot weighting), with `steps` of
     post-processing a lone member can have."""
     one_hot = [1.0 if i == index else 0.0 for i in range(frames[0].member_probs.shape[0])]
-    candidate = score_candidate(frames, name + variant_name(steps), "weighted", one_hot,
-                                lone_member_steps(steps))
+    steps = lone_member_steps(steps)
+    candidate = score_candidate(frames, name + variant_name(steps), "weighted", one_hot, steps)
     candidate.rule, candidate.weights = "member", None
     return candidate
 

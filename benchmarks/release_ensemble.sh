@@ -4,8 +4,8 @@
 #  1. ship: each run's best/ member as fp16 safetensors + manifest.json (sha256, sizes);
 #     DeepLabV3+ (trained, weight 0 in release 1.1's search) gave its budget to a second U-Net++;
 #  2. select, on the 20 validation patients only: weight search (random search, coordinate
-#     ascent, per-class coordinate ascent), fusion rule, post-processing -> reports/validation_selection/, written into the
-#     manifest;
+#     ascent, per-class coordinate ascent), fusion rule, post-processing
+#     -> reports/validation_selection/, written into the manifest;
 #  3. evaluate once on the 40 test patients -> reports/acdc_test.md (+ two PNGs), with the cost
 #     of each member and the ensemble benchmarked side by side on patient101 and patient102;
 #     the headline test metrics go into the manifest.

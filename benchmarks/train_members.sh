@@ -10,8 +10,8 @@
 #            (--init-encoder-from; the decoder starts from random weights), 32 epochs, 2 threads.
 #            Run it alone: two OpenMP threads next to any other busy process slow it 3-6x.
 #   stage 4 (release 1.2): a second Unet++ with scSE attention, seed 1, its encoder from the
-#            stage-2 FPN's, 32 epochs on one thread; beside it, on the other core, the U-Net and
-#            the FPN each get a second one-cycle schedule (lr 5e-4, seed 2) from their stage-2
+#            stage-2 FPN's, 32 epochs on one thread; beside it the U-Net and the FPN each get a
+#            second one-cycle schedule (lr 5e-4, seed 2) from their stage-2
 #            best (kept only where validation Dice rises).
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
@@ -35,9 +35,8 @@ elif [[ "${1:-}" == "stage4" ]]; then
         --lr 1e-3 --seed 1 --init-encoder-from "$runs/v1/fpn-mnv2/best" --out "$runs/v1/unetpp-scse-mnv2"
   for spec in "unet-mnv2 24" "fpn-mnv2 22"; do
     set -- $spec
-    OMP_NUM_THREADS=1 $cli -q train --data "$data" --threads 1 --device "$device" --version 1.2 \
-      --recipe "$1" --epochs "$2" --iterations 100 --patch-size 128 --lr 5e-4 --seed 2 \
-      --init-from "$runs/v1/$1/best" --out "$runs/v1/$1-ft" > "$runs/v1/$1-ft.log" 2>&1
+    train --version 1.2 --recipe "$1" --epochs "$2" --iterations 100 --patch-size 128 \
+          --lr 5e-4 --seed 2 --init-from "$runs/v1/$1/best" --out "$runs/v1/$1-ft"
   done
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
