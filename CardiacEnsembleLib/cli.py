@@ -328,7 +328,8 @@ def cmd_models(args) -> int:
     for entry in manifest["members"]:
         spec = verify_member(models_dir / entry["folder"])
         dice = spec.metrics.get("validation_dice", {}).get("mean")
-        print(f"  {spec.name:20s} {spec.arch + '/' + spec.encoder:28s} "
+        view = f"2.5D±{spec.context_slices}" if spec.context_slices else "2D"
+        print(f"  {spec.name:20s} {spec.arch + '/' + spec.encoder:28s} {view:7s} "
               f"{entry.get('size_bytes', 0) / 1e6:5.1f} MB  sha256 {spec.weights_sha256[:12]}  "
               f"validation Dice {dice if dice is None else f'{dice:.3f}'}")
     return 0

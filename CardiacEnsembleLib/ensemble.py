@@ -21,7 +21,7 @@ from .inference import (CancelToken, Progress, optimize_for_inference, pick_devi
                         predict_slices)
 from .members import Member, MemberError, load_member
 from .postprocess import apply_steps, check_steps, lone_member_steps, variant_name
-from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities
+from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities, stack_neighbours
 
 MANIFEST_FILE = "manifest.json"
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -116,6 +116,7 @@ class Ensemble:
                 prepared[spec] = prepare_slices(volume, spacing_zyx, spec)
                 _add_stage(timings, "preprocess", started, self.device)
             slices, grid = prepared[spec]
+            slices = stack_neighbours(slices, int(volume.shape[-3]), member.spec.context_slices)
 
             def report(done, _total, _label, offset=index * slices_per_member, name=member.name):
                 if progress is not None:
@@ -268,7 +269,8 @@ def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, na
         folder = Path(folder)
         spec = verify_member(folder)
         entries.append({"name": spec.name, "folder": folder.relative_to(models_dir).as_posix(),
-                        "arch": spec.arch, "encoder": spec.encoder, "version": spec.version,
+                        "arch": spec.arch, "encoder": spec.encoder,
+                        "context_slices": spec.context_slices, "version": spec.version,
                         "sha256": spec.weights_sha256,
                         "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
                         "validation": spec.metrics.get("validation_dice"),

@@ -38,6 +38,10 @@ class MemberSpec:
     arch: str  # smp architecture, e.g. "Unet", "Linknet", "FPN", "DeepLabV3Plus"
     encoder: str  # smp encoder, e.g. "resnet18"
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. decoder_channels
+    # Neighbouring slices on each side given as extra input channels (0 = plain 2D, 1 = 2.5D
+    # with the slices below and above): through-plane context a 2D member cannot see, which
+    # helps at the base and apex and makes its mistakes differ from the 2D members'.
+    context_slices: int = 0
     classes: int = NUM_CLASSES
     label_names: list[str] = field(default_factory=lambda: list(LABEL_NAMES))
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
@@ -47,6 +51,10 @@ class MemberSpec:
     weights_dtype: str = "float32"
     version: str = "0"
     spec_version: int = SPEC_VERSION
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + 2 * self.context_slices
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -64,6 +72,9 @@ class MemberSpec:
             raise MemberError(f"{where}: unknown field(s) {', '.join(unknown)}")
         values = dict(data)
         values["preprocess"] = PreprocessSpec.from_dict(data.get("preprocess", {}))
+        context = values.get("context_slices", 0)
+        if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context <= 3:
+            raise MemberError(f"{where}: context_slices must be an integer 0..3, not {context!r}")
         return cls(**values)
 
 
@@ -73,7 +84,8 @@ def create_network(spec: MemberSpec) -> torch.nn.Module:
 
     try:
         return smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=None,
-                                in_channels=1, classes=spec.classes, **spec.model_kwargs)
+                                in_channels=spec.in_channels, classes=spec.classes,
+                                **spec.model_kwargs)
     except (KeyError, ValueError, TypeError) as error:
         raise MemberError(f"member {spec.name!r}: smp cannot build arch={spec.arch!r} "
                           f"encoder={spec.encoder!r} {spec.model_kwargs}: {error}") from error
@@ -152,7 +164,7 @@ def verify_member(folder: Path | str) -> MemberSpec:
                           f"are not the ones this spec describes")
     config = json.loads((folder / CONFIG_FILE).read_text())
     expected = {"_model_class": spec.arch, "encoder_name": spec.encoder, "classes": spec.classes,
-                "in_channels": 1}
+                "in_channels": spec.in_channels}
     wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
     if wrong:
         details = ", ".join(f"{k}: config {a!r} vs spec {b!r}" for k, (a, b) in wrong.items())

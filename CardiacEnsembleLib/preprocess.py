@@ -8,6 +8,7 @@ one, and never in a Python loop per slice):
 2. in-plane resampling to the member's spacing (slices stay slices: ACDC's 5-10 mm slice gap
    makes 3D resampling pointless for a 2D network);
 3. crop/pad to a size the encoder accepts (a multiple of 32).
+4. for 2.5D members only (`stack_neighbours`), each slice gets its neighbours as channels.
 
 `SliceGrid` records what 2 and 3 did, so `restore` puts probabilities back on the original grid:
 shape exact, geometry untouched (the Case keeps it), values interpolated.
@@ -124,6 +125,27 @@ def prepare_slices(volume: torch.Tensor, spacing_zyx, spec: PreprocessSpec
     network_hw = padded_size(size, spec.size_multiple)
     padded, offsets = crop_or_pad(resampled, network_hw, fill=float(resampled.min()))
     return padded, SliceGrid(original_hw, size, offsets, network_hw)
+
+
+def stack_neighbours(slices: torch.Tensor, slices_per_volume: int, context: int) -> torch.Tensor:
+    """(N, 1, H, W) slices -> (N, 1 + 2 * context, H, W): each slice with its `context`
+    neighbours below and above as channels, in slice order, for 2.5D members.
+
+    N is a whole number of volumes of `slices_per_volume` slices each (a frame, or a cine
+    stack), and neighbours never cross from one volume into the next: at the first and last
+    slice of a volume the edge slice stands in for the missing neighbour.
+    """
+    if context == 0:
+        return slices
+    count, channels, height, width = slices.shape
+    if channels != 1 or slices_per_volume < 1 or count % slices_per_volume:
+        raise ValueError(f"stack_neighbours: {tuple(slices.shape)} slices are not whole volumes "
+                         f"of {slices_per_volume} single-channel slices")
+    volumes = slices.reshape(count // slices_per_volume, slices_per_volume, height, width)
+    position = torch.arange(slices_per_volume, device=slices.device)
+    offsets = torch.arange(-context, context + 1, device=slices.device)
+    neighbours = (position[:, None] + offsets[None, :]).clamp(0, slices_per_volume - 1)
+    return volumes[:, neighbours].reshape(count, 2 * context + 1, height, width)
 
 
 def restore_probabilities(probabilities: torch.Tensor, grid: SliceGrid) -> torch.Tensor:

@@ -31,7 +31,8 @@ from .inference import CancelToken, Progress, predict_slices
 from .members import (Member, MemberError, MemberSpec, create_network, load_member,
                       save_member)
 from .metrics import dice
-from .preprocess import crop_or_pad, prepare_slices, resample_slices, restore_probabilities
+from .preprocess import (crop_or_pad, prepare_slices, resample_slices, restore_probabilities,
+                         stack_neighbours)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def load_split_cases(data_root: Path, split: str, limit: int = 0) -> list[Case]:
 class SliceSet:
     """All training slices at the member's spacing, padded to a common canvas for batching."""
 
-    images: torch.Tensor  # (N, 1, H, W) normalised
+    images: torch.Tensor  # (N, 1 + 2 * context_slices, H, W) normalised
     labels: torch.Tensor  # (N, H, W) int64
     sizes: torch.Tensor  # (N, 2) the real (h, w) of each slice inside its canvas
     centroids: torch.Tensor  # (N, 2) foreground centre (row, col); NaN on slices with none
@@ -83,6 +84,7 @@ def build_slice_set(cases: Sequence[Case], spec: MemberSpec) -> SliceSet:
     for case in cases:
         slices, grid = prepare_slices(torch.from_numpy(case.image), case.spacing_zyx,
                                       spec.preprocess)
+        slices = stack_neighbours(slices, case.image.shape[0], spec.context_slices)
         image = crop_or_pad(slices, grid.resampled_hw, offsets=(-grid.offsets[0],
                                                                 -grid.offsets[1]))[0]
         label = resample_slices(torch.from_numpy(case.labels)[:, None].float(),
@@ -136,8 +138,15 @@ def sample_batch(data: SliceSet, indices: torch.Tensor, patch: int,
 
 def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotation +-30 deg, scale 0.85-1.2, random flips, gamma/contrast jitter, noise."""
+    """Rotation +-30 deg, scale 0.85-1.2, random flips, gamma/contrast jitter, noise.
+
+    2.5D input (neighbour slices as channels) is also flipped through-plane half the time, so
+    a member does not come to depend on which way a file orders its slices (base to apex or
+    apex to base differs between scanners and exports)."""
     n = images.shape[0]
+    if images.shape[1] > 1:
+        through_plane = torch.rand(n, generator=generator) < 0.5
+        images = torch.where(through_plane[:, None, None, None], images.flip(1), images)
     angle = (torch.rand(n, generator=generator) - 0.5) * math.radians(60)
     scale = 0.85 + torch.rand(n, generator=generator) * 0.35
     flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
@@ -177,6 +186,7 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[Case], spec: Membe
     for case in cases:
         slices, grid = prepare_slices(torch.from_numpy(case.image).to(device), case.spacing_zyx,
                                       spec.preprocess)
+        slices = stack_neighbours(slices, case.image.shape[0], spec.context_slices)
         probabilities = restore_probabilities(predict_slices(network, slices), grid)
         labels = class_argmax(probabilities, dim=1).cpu().numpy()
         for name, value in STRUCTURES.items():
@@ -226,9 +236,12 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
     checkpoint = out_dir / "last.pt"
     if checkpoint.is_file():
         saved = torch.load(checkpoint, map_location=device, weights_only=False)
-        if saved["spec"]["arch"] != spec.arch or saved["spec"]["encoder"] != spec.encoder:
-            raise ValueError(f"{checkpoint}: belongs to {saved['spec']['arch']}/"
-                             f"{saved['spec']['encoder']}, not {spec.arch}/{spec.encoder}")
+        theirs = (saved["spec"]["arch"], saved["spec"]["encoder"],
+                  saved["spec"].get("context_slices", 0))
+        if theirs != (spec.arch, spec.encoder, spec.context_slices):
+            raise ValueError(f"{checkpoint}: belongs to {theirs[0]}/{theirs[1]} with "
+                             f"{theirs[2]} context slice(s), not {spec.arch}/{spec.encoder} "
+                             f"with {spec.context_slices}")
         network.load_state_dict(saved["network"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -305,20 +318,48 @@ def _warm_start(network: torch.nn.Module, spec: MemberSpec, folder: Path,
     source = load_member(folder)
     mine = (spec.arch, spec.encoder, spec.model_kwargs)
     theirs = (source.spec.arch, source.spec.encoder, source.spec.model_kwargs)
+    inflate = source.spec.context_slices != spec.context_slices
     dice = source.spec.metrics.get("validation_dice", {}).get("mean", float("nan"))
     if encoder_only:
         if source.spec.encoder != spec.encoder:
             raise MemberError(f"{folder}: cannot copy its encoder into {spec.name}: it is "
                               f"{source.spec.encoder}, this member needs {spec.encoder}")
-        network.encoder.load_state_dict(source.network.encoder.state_dict())
+        network.encoder.load_state_dict(_inflated(source.network.encoder.state_dict(),
+                                                  network.encoder.state_dict(), spec, source.spec))
         log(f"{spec.name}: encoder warm start from {folder} ({source.spec.arch}, validation "
             f"Dice {dice:.4f}); the decoder starts from random weights")
         return
     if mine != theirs:
         raise MemberError(f"{folder}: cannot warm-start {spec.name} from it: it is {theirs}, "
                           f"this member is {mine}")
-    network.load_state_dict(source.network.state_dict())
-    log(f"{spec.name}: warm start from {folder} (validation Dice {dice:.4f})")
+    network.load_state_dict(_inflated(source.network.state_dict(), network.state_dict(), spec,
+                                      source.spec))
+    log(f"{spec.name}: warm start from {folder} (validation Dice {dice:.4f})"
+        + (f"; its input conv inflated from {source.spec.in_channels} to {spec.in_channels} "
+           f"channels" if inflate else ""))
+
+
+def _inflated(source: dict, target: dict, spec: MemberSpec, source_spec: MemberSpec) -> dict:
+    """`source` weights fitted to `target`'s input channels: a 2D member's first convolution
+    goes to the centre slice's channel and the neighbours' channels start at zero.
+
+    Why zeros: the inflated 2.5D network then computes exactly what the 2D member did, so
+    fine-tuning starts from the 2D member's accuracy and only learns what the neighbours add.
+    """
+    if source_spec.context_slices == spec.context_slices:
+        return source
+    if source_spec.context_slices != 0:
+        raise MemberError(f"{source_spec.name}: a {source_spec.in_channels}-channel member can "
+                          f"warm-start {spec.name} only if it is plain 2D (1 channel)")
+    weights = dict(source)
+    for key, value in source.items():
+        wanted = target.get(key)
+        if wanted is not None and value.ndim == 4 and value.shape[1] == 1 \
+                and wanted.shape[1] == spec.in_channels and wanted.shape[1] != 1:
+            inflated = torch.zeros_like(wanted)
+            inflated[:, spec.context_slices] = value[:, 0]
+            weights[key] = inflated
+    return weights
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

@@ -13,6 +13,11 @@
 #            stage-2 FPN's, 32 epochs on one thread; beside it the U-Net and the FPN each get a
 #            second one-cycle schedule (lr 5e-4, seed 2) from their stage-2
 #            best (kept only where validation Dice rises).
+#   stage 5 (release 1.3 candidates): 2.5D versions (slices below and above as input channels)
+#            of the U-Net and the plain Unet++, fine-tuned from their 2D best with the first
+#            convolution inflated (--init-from; neighbours' weights start at zero), 20 epochs,
+#            lr 5e-4, seed 3, one thread each. A 2.5D member replaces its 2D parent only if its
+#            validation Dice is higher.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.
@@ -37,6 +42,12 @@ elif [[ "${1:-}" == "stage4" ]]; then
     set -- $spec
     train --version 1.2 --recipe "$1" --epochs "$2" --iterations 100 --patch-size 128 \
           --lr 5e-4 --seed 2 --init-from "$runs/v1/$1/best" --out "$runs/v1/$1-ft"
+  done
+elif [[ "${1:-}" == "stage5" ]]; then
+  for spec in "unet25d-mnv2 unet-mnv2-ft" "unetpp25d-mnv2 unetpp-mnv2"; do
+    set -- $spec
+    train --version 1.3 --recipe "$1" --epochs 20 --iterations 100 --patch-size 128 \
+          --lr 5e-4 --seed 3 --init-from "$runs/v1/$2/best" --out "$runs/v1/$1"
   done
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
