@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from CardiacEnsembleLib.acdc import PatientFolder, SplitLeakError, load_splits
 from CardiacEnsembleLib.ensemble import load_ensemble
 from CardiacEnsembleLib.postprocess import lone_member_steps, variant_name
-from CardiacEnsembleLib.selection import (ValidationFrame, _foreground_box,
+from CardiacEnsembleLib.selection import (Candidate, SearchResult, ValidationFrame,
+                                          _best_search, _foreground_box, _honest_dice,
                                           collect_validation_frames, coordinate_ascent,
-                                          frame_dice, per_class_ascent, random_search, select,
+                                          cross_validate, frame_dice, per_class_ascent,
+                                          random_search, run_searches, select,
                                           selection_markdown, weighted_mean_dice)
 
 
@@ -81,6 +83,47 @@ def test_per_class_search_trusts_each_member_with_the_structure_it_gets_right(pa
     assert table[1, 2] > table[0, 2] and table[1, 3] > table[0, 3]  # Myo and LV from member 1
     np.testing.assert_allclose(table.sum(axis=0), 1.0)
     assert weighted_mean_dice(frames, per_class.weights) == pytest.approx(per_class.dice)
+
+
+def test_cross_validation_scores_each_search_on_patients_it_never_fitted(patient_dir):
+    """Member 0 is right on patient001 and misplaced on patient002, member 1 the other way
+    round. Weights fitted on one patient are wrong for the other: only a search scored on
+    patients it did not see can tell, and it must."""
+    frames = []
+    for index, patient in enumerate(("patient001", "patient002")):
+        for phase in ("ED", "ES"):
+            case = PatientFolder.open(patient_dir(patient)).load(phase)
+            truth = case.labels.astype(np.uint8)
+            shifted = np.roll(truth, 8, axis=2)
+            right, wrong = soft(truth, 0.8), soft(shifted, 0.8)
+            probs = torch.stack([right, wrong] if index == 0 else [wrong, right])
+            frames.append(ValidationFrame(patient, phase, probs.half(), torch.from_numpy(truth),
+                                          case.spacing_zyx))
+    searches = run_searches(frames, trials=8)
+    assert all(np.isnan(s.held_out_dice) for s in searches)
+    cross_validate(frames, searches, trials=8)
+    for search in searches:
+        assert search.held_out_dice < search.dice - 0.1, search.method
+        # fitted on one patient, the weights pick that patient's right member: on the other
+        # patient that is the misplaced one, and the held-out score says so
+        assert search.held_out_dice == pytest.approx(np.mean(
+            [weighted_mean_dice(frames[2:], [1, 0]), weighted_mean_dice(frames[:2], [0, 1])]),
+            abs=0.05)
+
+
+def test_the_search_with_the_best_held_out_dice_supplies_the_weights():
+    searches = [SearchResult(name, [0.5, 0.5], dice, 1, 0.0, held_out_dice=held)
+                for name, dice, held in (("random search", 0.900, 0.890),
+                                         ("coordinate ascent", 0.905, 0.897),
+                                         ("per-class coordinate ascent", 0.910, 0.885))]
+    assert _best_search(searches).method == "coordinate ascent"
+    weighted = Candidate("ensemble-weighted", "weighted", [0.5, 0.5], (), {"mean": 0.905}, {})
+    mean = Candidate("ensemble-mean", "mean", None, (), {"mean": 0.899}, {})
+    assert _honest_dice(weighted, searches[1]) == 0.897 < _honest_dice(mean, searches[1])
+    for search in searches:
+        search.held_out_dice = float("nan")
+    assert _best_search(searches).method == "per-class coordinate ascent"
+    assert _honest_dice(weighted, searches[1]) == 0.905
 
 
 def test_cropping_to_the_foreground_box_does_not_change_dice(frames, patient_dir):
