@@ -1,8 +1,8 @@
 """The member zoo as data: which networks we train, and how.
 
-Four different smp architectures on light encoders, so that they make different mistakes (the
-point of an ensemble) while all four together stay under 20 M parameters: 40 MB in fp16, the
-shipping budget, and fast enough for a 2-core CPU.
+Different smp architectures on light encoders, and 2D or 2.5D input, so that they make
+different mistakes (the point of an ensemble) while the shipped five stay under 20 M parameters:
+40 MB in fp16, the shipping budget, and fast enough for a 2-core CPU.
 """
 from __future__ import annotations
 
