@@ -30,7 +30,7 @@ RECIPES: dict[str, dict] = {
     "unetpp-scse-mnv2": {"arch": "UnetPlusPlus", "encoder": "mobilenet_v2",
                          "model_kwargs": {"decoder_channels": [64, 32, 16, 16, 16],
                                           "decoder_attention_type": "scse"}},
-    # 2.5D versions of the U-Net and the plain U-Net++: the slices below and above as two more
+    # 2.5D versions of the 2D members: the slices below and above as two more
     # input channels (`context_slices`), fine-tuned from the 2D member with its first
     # convolution inflated (the neighbours' weights start at zero). Same size as the 2D member
     # (+0.001 MB), so one can take the other's place in the budget.
@@ -38,6 +38,12 @@ RECIPES: dict[str, dict] = {
                      "model_kwargs": {"decoder_channels": [128, 64, 32, 16, 8]}},
     "unetpp25d-mnv2": {"arch": "UnetPlusPlus", "encoder": "mobilenet_v2", "context_slices": 1,
                        "model_kwargs": {"decoder_channels": [64, 32, 16, 16, 8]}},
+    "unetpp-scse25d-mnv2": {"arch": "UnetPlusPlus", "encoder": "mobilenet_v2",
+                            "context_slices": 1,
+                            "model_kwargs": {"decoder_channels": [64, 32, 16, 16, 16],
+                                             "decoder_attention_type": "scse"}},
+    "fpn25d-mnv2": {"arch": "FPN", "encoder": "mobilenet_v2", "context_slices": 1,
+                    "model_kwargs": {"decoder_segmentation_channels": 64}},
 }
 
 

@@ -3,7 +3,7 @@
 # that keeps the test split honest:
 #  1. ship: each run's best/ member as fp16 safetensors + manifest.json (sha256, sizes);
 #     DeepLabV3+ (trained, weight 0 in release 1.1's search) gave its budget to a second U-Net++;
-#     a 2.5D member (stage 5) takes its 2D parent's place only if its validation Dice is higher
+#     a 2.5D member (stages 5-6) takes its 2D parent's place only if its validation Dice is higher
 #     (the budget holds one of each pair);
 #  2. select, on the 20 validation patients only: weight search (random search, coordinate
 #     ascent, per-class coordinate ascent), fusion rule, post-processing
@@ -27,13 +27,14 @@ def score(run):
 print(max(sys.argv[1:], key=score))
 PY
 }
-unet=$(better_of "$runs"/unet-mnv2-ft "$runs"/unet25d-mnv2)
-unetpp=$(better_of "$runs"/unetpp-mnv2 "$runs"/unetpp25d-mnv2)
-echo "shipping $unet and $unetpp"
-$cli -q ship "$unet" "$runs"/linknet-mnv2 "$runs"/fpn-mnv2-ft "$unetpp" \
-  "$runs"/unetpp-scse-mnv2 --name acdc-default --version 1.3 --overwrite \
+members=("$(better_of "$runs"/unet-mnv2-ft "$runs"/unet25d-mnv2)" "$runs"/linknet-mnv2
+         "$(better_of "$runs"/fpn-mnv2-ft "$runs"/fpn25d-mnv2)"
+         "$(better_of "$runs"/unetpp-mnv2 "$runs"/unetpp25d-mnv2)"
+         "$(better_of "$runs"/unetpp-scse-mnv2 "$runs"/unetpp-scse25d-mnv2)")
+echo "shipping ${members[*]}"
+$cli -q ship "${members[@]}" --name acdc-default --version 1.3 --overwrite \
   --description "CardiacEnsemble acdc-default 1.3 (U-Net, LinkNet, FPN, two U-Net++ on MobileNetV2; 2D and 2.5D)" \
-  --note "Members trained on a 2-core CPU only (U-Net and FPN about 5,000 steps of 16 slices plus a second schedule of 2,400 and 2,200; LinkNet about 5,000; U-Net++ 3,200 from the U-Net's encoder; U-Net++ with scSE 3,200 from the FPN's encoder; 2.5D members a further 2,000 from their 2D parent); see reports/acdc_test.md."
+  --note "Members trained on a 2-core CPU only (U-Net and FPN about 5,000 steps of 16 slices plus a second schedule of 2,400 and 2,200; LinkNet about 5,000; U-Net++ 3,200 from the U-Net's encoder; U-Net++ with scSE 3,200 from the FPN's encoder, best at 2,400; each 2.5D member a further 1,400-2,000 from its 2D parent); see reports/acdc_test.md."
 $cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
 $cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
   --benchmark patient101 patient102 --record-in-manifest --overwrite

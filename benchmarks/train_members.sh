@@ -18,6 +18,8 @@
 #            convolution inflated (--init-from; neighbours' weights start at zero), 20 epochs,
 #            lr 5e-4, seed 3, one thread each. A 2.5D member replaces its 2D parent only if its
 #            validation Dice is higher.
+#   stage 6 (release 1.3 candidates): the same for the scSE U-Net++ (14 epochs) and the FPN
+#            (16 epochs), after stage 5's 2.5D U-Net++ had become the best member on validation.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.
@@ -47,6 +49,12 @@ elif [[ "${1:-}" == "stage5" ]]; then
   for spec in "unet25d-mnv2 unet-mnv2-ft" "unetpp25d-mnv2 unetpp-mnv2"; do
     set -- $spec
     train --version 1.3 --recipe "$1" --epochs 20 --iterations 100 --patch-size 128 \
+          --lr 5e-4 --seed 3 --init-from "$runs/v1/$2/best" --out "$runs/v1/$1"
+  done
+elif [[ "${1:-}" == "stage6" ]]; then
+  for spec in "unetpp-scse25d-mnv2 unetpp-scse-mnv2 14" "fpn25d-mnv2 fpn-mnv2-ft 16"; do
+    set -- $spec
+    train --version 1.3 --recipe "$1" --epochs "$3" --iterations 100 --patch-size 128 \
           --lr 5e-4 --seed 3 --init-from "$runs/v1/$2/best" --out "$runs/v1/$1"
   done
 elif [[ "${1:-}" == "stage1" ]]; then
