@@ -429,8 +429,21 @@ def cmd_ship(args) -> int:
 
     path = ship_runs(args.runs, args.models or DEFAULT_MODELS_DIR, name=args.name,
                      version=args.version, fusion=args.fusion, note=args.note,
-                     description=args.description, overwrite=args.overwrite)
+                     description=args.description, overwrite=args.overwrite,
+                     data_root=args.data)
     print(f"wrote {path}")
+    return 0
+
+
+def cmd_pack(args) -> int:
+    from .recipes import PREPROCESS
+    from .slicepack import read_pack, write_pack
+
+    path = write_pack(args.data, args.out, PREPROCESS, margin_px=args.margin,
+                      max_patients=args.max_patients, overwrite=args.overwrite)
+    pack = read_pack(path)
+    print(f"wrote {path}: {len(pack.split('train'))} train and "
+          f"{len(pack.split('validation'))} validation frames, {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -589,6 +602,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--overwrite", action="store_true")
     batch.set_defaults(run=cmd_batch)
 
+    packer = commands.add_parser("pack", help="write the train and validation slices as one "
+                                 "small file, for training on a machine without ACDC")
+    packer.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
+    packer.add_argument("--out", type=Path, required=True, help="pack file (.npz.xz)")
+    packer.add_argument("--margin", type=int, default=32,
+                        help="px kept around the heart's bounding box (at 1.5 mm)")
+    packer.add_argument("--max-patients", type=int, default=0,
+                        help="first N patients of each split only (quick runs)")
+    packer.add_argument("--overwrite", action="store_true")
+    packer.set_defaults(run=cmd_pack)
+
     chooser = commands.add_parser("select", help="choose fusion rule, member weights and "
                                   "post-processing on the validation split")
     chooser.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
@@ -613,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     ship.add_argument("--note", default="", help="shown to users whenever the ensemble loads")
     ship.add_argument("--description", default="", help="one line naming the ensemble (reports)")
     ship.add_argument("--overwrite", action="store_true")
+    ship.add_argument("--data", type=Path, default=None,
+                      help="ACDC root: members trained on a slice pack are re-scored on its "
+                           "validation frames (their pack Dice is approximate)")
     ship.set_defaults(run=cmd_ship)
     return parser
 

@@ -44,6 +44,8 @@ RECIPES: dict[str, dict] = {
                                              "decoder_attention_type": "scse"}},
     "fpn25d-mnv2": {"arch": "FPN", "encoder": "mobilenet_v2", "context_slices": 1,
                     "model_kwargs": {"decoder_segmentation_channels": 64}},
+    "linknet25d-mnv2": {"arch": "Linknet", "encoder": "mobilenet_v2", "context_slices": 1,
+                        "model_kwargs": {}},
 }
 
 

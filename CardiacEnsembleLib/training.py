@@ -17,7 +17,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -78,23 +78,31 @@ class SliceSet:
 
 
 def build_slice_set(cases: Sequence[Case], spec: MemberSpec) -> SliceSet:
-    images, labels, sizes = [], [], []
-    canvas = [0, 0]
-    prepared = []
+    frames = []
     for case in cases:
         slices, grid = prepare_slices(torch.from_numpy(case.image), case.spacing_zyx,
                                       spec.preprocess)
-        slices = stack_neighbours(slices, case.image.shape[0], spec.context_slices)
         image = crop_or_pad(slices, grid.resampled_hw, offsets=(-grid.offsets[0],
                                                                 -grid.offsets[1]))[0]
         label = resample_slices(torch.from_numpy(case.labels)[:, None].float(),
                                 grid.resampled_hw, "nearest")
-        prepared.append((image, label))
-        canvas = [max(canvas[0], image.shape[-2]), max(canvas[1], image.shape[-1])]
-    for image, label in prepared:
+        frames.append((image, label[:, 0].long()))
+    return assemble_slice_set(frames, spec.context_slices)
+
+
+def assemble_slice_set(frames: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                       context_slices: int) -> SliceSet:
+    """Per-frame prepared slices ((Z, 1, h, w) normalised image at the member's spacing, (Z, h, w)
+    labels) -> one SliceSet on a common canvas, neighbours stacked within each frame."""
+    canvas = [max(image.shape[-2] for image, _ in frames),
+              max(image.shape[-1] for image, _ in frames)]
+    images, labels, sizes = [], [], []
+    for image, label in frames:
+        image = stack_neighbours(image, image.shape[0], context_slices)
         padded_image, _ = crop_or_pad(image, tuple(canvas), fill=float(image.min()),
                                       offsets=(0, 0))
-        padded_label, _ = crop_or_pad(label, tuple(canvas), fill=0.0, offsets=(0, 0))
+        padded_label, _ = crop_or_pad(label[:, None].float(), tuple(canvas), fill=0.0,
+                                      offsets=(0, 0))
         images.append(padded_image)
         labels.append(padded_label[:, 0].long())
         sizes.append(torch.tensor([[image.shape[-2], image.shape[-1]]] * image.shape[0]))
@@ -146,7 +154,8 @@ def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generat
     n = images.shape[0]
     if images.shape[1] > 1:
         through_plane = torch.rand(n, generator=generator) < 0.5
-        images = torch.where(through_plane[:, None, None, None], images.flip(1), images)
+        images = torch.where(through_plane[:, None, None, None].to(images.device),
+                             images.flip(1), images)
     angle = (torch.rand(n, generator=generator) - 0.5) * math.radians(60)
     scale = 0.85 + torch.rand(n, generator=generator) * 0.35
     flip_x = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
@@ -163,7 +172,8 @@ def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generat
     contrast = 0.8 + torch.rand(n, 1, 1, 1, generator=generator) * 0.4
     shift = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
     noise = torch.randn(moved.shape, generator=generator) * 0.05
-    return moved * contrast + shift + noise, moved_labels
+    jitter = (contrast.to(moved.device), shift.to(moved.device), noise.to(moved.device))
+    return moved * jitter[0] + jitter[1] + jitter[2], moved_labels
 
 
 def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -182,15 +192,24 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[Case], spec: Membe
                     device: torch.device) -> dict[str, float]:
     """Mean 3D Dice per structure over validation frames, through the inference path."""
     network.eval()
-    scores = {name: [] for name in STRUCTURES}
-    for case in cases:
+
+    def predicted(case: Case) -> np.ndarray:
         slices, grid = prepare_slices(torch.from_numpy(case.image).to(device), case.spacing_zyx,
                                       spec.preprocess)
         slices = stack_neighbours(slices, case.image.shape[0], spec.context_slices)
         probabilities = restore_probabilities(predict_slices(network, slices), grid)
-        labels = class_argmax(probabilities, dim=1).cpu().numpy()
+        return class_argmax(probabilities, dim=1).cpu().numpy()
+
+    return mean_dice((predicted(case), case.labels) for case in cases)
+
+
+def mean_dice(frames: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """(predicted, reference) label maps per frame -> mean 3D Dice per structure, and 'mean'
+    over the structures: the number a best epoch is chosen by."""
+    scores: dict[str, list[float]] = {name: [] for name in STRUCTURES}
+    for labels, reference in frames:
         for name, value in STRUCTURES.items():
-            scores[name].append(dice(labels == value, case.labels == value))
+            scores[name].append(dice(labels == value, reference == value))
     result = {name: float(np.mean(values)) for name, values in scores.items()}
     result["mean"] = float(np.mean([result[name] for name in STRUCTURES]))
     return result
@@ -216,14 +235,43 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
     device = torch.device(device)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
     train_cases = load_split_cases(data_root, "train", config.max_train_patients)
     val_cases = load_split_cases(data_root, "validation", config.max_validation_patients)
     data = build_slice_set(train_cases, spec)
     log(f"{spec.name}: {len(data)} training slices from {len(train_cases)} frames, "
         f"{len(val_cases)} validation frames, device {device}")
+    return fit_member(spec, data, lambda network: validation_dice(network, val_cases, spec,
+                                                                  device),
+                      TrainingSource(sorted({c.patient_id for c in train_cases}),
+                                     sorted({c.patient_id for c in val_cases})),
+                      out_dir, config, device=device, progress=progress, cancel=cancel, log=log)
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """Which patients a member saw, recorded in its spec (and checked by the split-leak tests)."""
+
+    train_patients: list[str]
+    validation_patients: list[str]
+    data: str = "ACDC (Bernard et al., IEEE TMI 2018)"
+    form: str = "NIfTI frames"
+
+
+def fit_member(spec: MemberSpec, data: SliceSet, validate: Callable[[torch.nn.Module], dict],
+               source: TrainingSource, out_dir: Path, config: TrainConfig, *,
+               device: str | torch.device = "cpu", progress: Optional[Progress] = None,
+               cancel: Optional[CancelToken] = None,
+               log: Callable[[str], None] = print) -> Member:
+    """The training loop proper, apart from where the slices come from (ACDC folders here, a
+    slice pack on a machine without the data set: `slicepack`). `validate(network)` returns
+    validation Dice per structure and 'mean'; the best epoch by 'mean' is kept."""
+    device = torch.device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    if device.type != "cpu":  # crops and augmentation then run where the network does
+        data = SliceSet(data.images.to(device), data.labels.to(device), data.sizes,
+                        data.centroids)
     network = create_network(spec).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
@@ -253,10 +301,9 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
         _warm_start(network, spec, Path(config.init_from), log,
                     encoder_only=config.init_encoder_only)
     use_amp = device.type == "cuda"
-    patients = sorted({c.patient_id for c in train_cases})
-    spec.training = {"data": "ACDC (Bernard et al., IEEE TMI 2018)", "split": "splits.json",
-                     "train_patients": patients,
-                     "validation_patients": sorted({c.patient_id for c in val_cases}),
+    spec.training = {"data": source.data, "split": "splits.json", "form": source.form,
+                     "train_patients": list(source.train_patients),
+                     "validation_patients": list(source.validation_patients),
                      "config": config.to_dict()}
     while state.epoch < config.epochs:
         started = time.perf_counter()
@@ -281,7 +328,7 @@ def train_member(spec: MemberSpec, data_root: Path, out_dir: Path, config: Train
             if progress is not None:
                 progress(state.epoch * steps + step + 1, config.epochs * steps,
                          f"{spec.name} epoch {state.epoch + 1} loss {np.mean(losses):.3f}")
-        scores = validation_dice(network, val_cases, spec, device)
+        scores = validate(network)
         state.epoch += 1
         row = {"epoch": state.epoch, "train_loss": float(np.mean(losses)),
                "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - started,

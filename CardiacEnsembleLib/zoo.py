@@ -10,19 +10,52 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .ensemble import write_manifest
-from .members import load_member, save_member
+from .members import Member, MemberError, load_member, save_member
+from .training import load_split_cases, validation_dice
+
+
+def trained_on_pack(member: Member) -> bool:
+    return str(member.spec.training.get("form", "")).startswith("slice pack")
+
+
+def rescore_on_validation(member: Member, data_root: Path) -> dict:
+    """Replace a pack-trained member's validation Dice (scored on the pack's cropped 1.5 mm
+    grid) by the exact one, on the real validation frames and their own grid, as every other
+    member's is measured; the pack's number stays beside it as `pack_validation_dice`."""
+    cases = load_split_cases(Path(data_root), "validation")
+    recorded = list(member.spec.training.get("validation_patients") or [])
+    outside = sorted(set(recorded) - {case.patient_id for case in cases})
+    if not recorded or outside:
+        raise MemberError(f"{member.folder}: its training record names validation patients "
+                          f"{outside or 'none'} that the validation split of {data_root} "
+                          f"does not hold")
+    exact = validation_dice(member.network, [c for c in cases if c.patient_id in recorded],
+                            member.spec, "cpu")
+    member.spec.metrics = {**member.spec.metrics,
+                           "pack_validation_dice": member.spec.metrics.get("validation_dice"),
+                           "validation_dice": exact}
+    return exact
 
 
 def ship_runs(run_dirs: Sequence[Path], models_dir: Path, *, name: str, version: str,
               fusion: str = "mean", weights: Optional[dict] = None, note: str = "",
-              description: str = "", overwrite: bool = False) -> Path:
+              description: str = "", overwrite: bool = False,
+              data_root: Optional[Path] = None) -> Path:
     """Copy each run's `best/` member into `models_dir/<member name>/` as fp16, then write the
-    manifest. Refuses to replace an existing models folder unless `overwrite`."""
+    manifest. Refuses to replace an existing models folder unless `overwrite`. Members trained
+    on a slice pack are re-scored on the real validation frames first (`data_root` needed)."""
     models_dir = Path(models_dir)
     if (models_dir / "manifest.json").exists() and not overwrite:
         raise FileExistsError(f"{models_dir}: already holds a manifest.json; refusing to "
                               f"replace the shipped ensemble (pass --overwrite)")
     members = [load_member(Path(run) / "best") for run in run_dirs]
+    packed = [member for member in members if trained_on_pack(member)]
+    if packed and data_root is None:
+        raise MemberError(f"{', '.join(m.name for m in packed)}: trained on a slice pack, whose "
+                          f"validation Dice is approximate; give the ACDC root (--data) so "
+                          f"ship scores them on the real validation frames")
+    for member in packed:
+        rescore_on_validation(member, data_root)
     if overwrite and models_dir.exists():
         for child in models_dir.iterdir():
             if child.is_dir() and (child / "member.json").exists():

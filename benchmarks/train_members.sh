@@ -20,6 +20,8 @@
 #            validation Dice is higher.
 #   stage 6 (release 1.3 candidates): the same for the scSE U-Net++ (14 epochs) and the FPN
 #            (16 epochs), after stage 5's 2.5D U-Net++ had become the best member on validation.
+#   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
+#            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; on a GPU pass
 # DEVICE=cuda and larger EPOCHS.

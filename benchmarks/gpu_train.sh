@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Fine-tune the five members of release 1.4 on one lent GPU machine, in two rounds of minutes.
+#
+# That machine has no ACDC copy, no SimpleITK or nibabel, no smp, and no internet, and what
+# travels to it is capped at 64 MiB with the shipped members in it. So, here first:
+#   .venv/bin/cardiac-ensemble pack --data ../shared/acdc --out .gpu/acdc_slices_m32.npz.xz
+#   .venv/bin/pip download --no-deps -d .gpu/wheels segmentation-models-pytorch==0.6.0
+#   (.gpu/ is ignored; it travels as a carried path: 22 MB pack + 0.2 MB wheel)
+# Then on the GPU machine, from the repository root, with the 1.2 members and the stage-5 2.5D
+# members (benchmarks/train_members.sh stage5) in CardiacEnsembleLib/models/:
+#   OUT=/where/results/go bash benchmarks/gpu_train.sh round1
+#   OUT=/where/results/go bash benchmarks/gpu_train.sh round2   # same machine, after round1
+# Each round brings back one <recipe>.tar per member (best/ as fp16 + the log); unpack round 2's
+# into runs/gpu2/ and run benchmarks/release_ensemble.sh here.
+#
+# Release 1.4 came from exactly this on an H100 (2026-11-26): round 1 (lr 7e-4, seed 4) ran
+# 2,600-3,500 steps of 32 slices per member, 5 members at once, in 381 s; round 2 (lr 3e-4,
+# seed 5, from round 1's best) 2,000-3,100 steps in 313 s. Each round is a single one-cycle
+# epoch sized by a probe to the time left, validated on the pack's validation frames.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+  .gpu/wheels/*.whl
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+models=CardiacEnsembleLib/models
+recipes=(unet25d-mnv2 unetpp25d-mnv2 unetpp-scse25d-mnv2 fpn25d-mnv2 linknet25d-mnv2)
+case "${1:-}" in
+  round1)
+    starts=("$models/unet25d-mnv2" "$models/unetpp25d-mnv2" "$models/unetpp-scse-mnv2"
+            "$models/fpn-mnv2" "$models/linknet-mnv2")
+    settings=(--work /tmp/gpu_train --budget-s 470 --lr 7e-4 --seed 4) ;;
+  round2)
+    starts=()
+    for recipe in "${recipes[@]}"; do starts+=("/tmp/gpu_train/$recipe/run/best"); done
+    settings=(--work /tmp/gpu_train2 --budget-s 330 --lr 3e-4 --seed 5 --iterations 600) ;;
+  *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2" >&2; exit 2 ;;
+esac
+jobs=()
+for i in "${!recipes[@]}"; do jobs+=(--job "${recipes[$i]}=${starts[$i]}"); done
+python3 benchmarks/gpu_train.py --pack .gpu/acdc_slices_m32.npz.xz --out "$OUT" \
+  "${settings[@]}" "${jobs[@]}" 2>&1 | tee "$OUT/gpu_train_$1.log"
