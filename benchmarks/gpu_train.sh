@@ -15,8 +15,10 @@
 #
 # Release 1.4 came from exactly this on an H100 (2026-11-26): round 1 (lr 7e-4, seed 4) ran
 # 2,600-3,500 steps of 32 slices per member, 5 members at once, in 381 s; round 2 (lr 3e-4,
-# seed 5, from round 1's best) 2,000-3,100 steps in 313 s. Each round is a single one-cycle
-# epoch sized by a probe to the time left, validated on the pack's validation frames.
+# seed 5, from round 1's best) 2,000-3,100 steps in 313 s. Each round then came out as a single
+# one-cycle epoch, validated once on the pack's validation frames: the probe timed the cold first
+# validation (33 s), which made the epochs long. It now times a warm one, so a rerun gets several
+# epochs and a real choice of best epoch; the step counts above will differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
