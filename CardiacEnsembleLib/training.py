@@ -172,8 +172,9 @@ def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generat
     contrast = 0.8 + torch.rand(n, 1, 1, 1, generator=generator) * 0.4
     shift = (torch.rand(n, 1, 1, 1, generator=generator) - 0.5) * 0.4
     noise = torch.randn(moved.shape, generator=generator) * 0.05
-    jitter = (contrast.to(moved.device), shift.to(moved.device), noise.to(moved.device))
-    return moved * jitter[0] + jitter[1] + jitter[2], moved_labels
+    # Drawn on the CPU generator wherever the images are, so a GPU run draws the same numbers.
+    device = moved.device
+    return moved * contrast.to(device) + shift.to(device) + noise.to(device), moved_labels
 
 
 def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
