@@ -251,6 +251,25 @@ def accuracy_from_scores(scores_csv: Path) -> dict[str, float]:
     return {method: float(np.mean(v)) for method, v in values.items()}
 
 
+def accuracy_points(result: BenchmarkResult, accuracy: dict[str, float],
+                    ensemble_method: str) -> list[tuple[int, str, float, float, bool]]:
+    """(config index, label, seconds per frame, mean Dice, raw?) for the accuracy-vs-cost panel.
+
+    A member appears raw and, where the evaluation scored it so, with the ensemble's clean-up
+    (`name+lcc`, not raw): the ensemble's own point includes that clean-up, so the fair
+    comparison is with those."""
+    points = []
+    for index, config in enumerate(result.configs):
+        if config.name in accuracy:
+            points.append((index, config.name, config.median_frame, accuracy[config.name], True))
+            points += [(index, key, config.median_frame, value, False)
+                       for key, value in accuracy.items() if key.startswith(config.name + "+")]
+        elif config.name == "ensemble" and ensemble_method in accuracy:
+            points.append((index, f"ensemble ({ensemble_method})", config.median_frame,
+                           accuracy[ensemble_method], False))
+    return points
+
+
 def plot_benchmark(result: BenchmarkResult, png_path: Path,
                    accuracy: Optional[dict[str, float]] = None,
                    ensemble_method: str = "ensemble-mean") -> None:
@@ -276,12 +295,12 @@ def plot_benchmark(result: BenchmarkResult, png_path: Path,
     axes[0].grid(axis="x", alpha=0.3)
     axes[0].set_title("time per frame by stage", fontsize=9)
     if accuracy:
-        for c in result.configs:
-            key = c.name if c.name in accuracy else ensemble_method
-            if key in accuracy:
-                axes[1].scatter(c.median_frame, accuracy[key], s=40)
-                axes[1].annotate(c.name, (c.median_frame, accuracy[key]), fontsize=7,
-                                 xytext=(4, 2), textcoords="offset points")
+        for index, label, seconds, value, raw in accuracy_points(result, accuracy,
+                                                                 ensemble_method):
+            axes[1].scatter(seconds, value, s=40, color=colours(index),
+                            facecolors=colours(index) if raw else "none")
+            axes[1].annotate(label, (seconds, value), fontsize=7, xytext=(4, 2),
+                             textcoords="offset points")
         axes[1].set_xlabel("seconds per frame")
         axes[1].set_ylabel("mean Dice")
         axes[1].grid(alpha=0.3)

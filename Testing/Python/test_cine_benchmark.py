@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.benchmark import (BenchmarkResult, ConfigResult, report_markdown,
-                                          run_benchmark, summary_lines)
+from CardiacEnsembleLib.benchmark import (BenchmarkResult, ConfigResult, accuracy_points,
+                                          report_markdown, run_benchmark, summary_lines)
 from CardiacEnsembleLib.cine import CineSegmentation, segment_cine
 from CardiacEnsembleLib.cli import main
 from CardiacEnsembleLib.ensemble import load_ensemble
@@ -112,6 +112,18 @@ def test_summary_lines_state_the_ratios_a_script_reads():
     assert "ensemble / slowest member: 1.47" in lines
     assert "fusion share of ensemble time: 0.09" in lines
     assert "| ensemble | 4.400 |" in report_markdown(result)
+
+
+def test_the_cost_chart_sets_the_ensemble_beside_members_with_the_same_clean_up():
+    result = BenchmarkResult("cpu", "test", ["p ED"], 1,
+                             [ConfigResult(name, [name], frame_seconds=[seconds], slices=10)
+                              for name, seconds in (("a", 1.0), ("ab", 2.0), ("ensemble", 3.0))])
+    accuracy = {"a": 0.80, "a+lcc": 0.85, "ab": 0.70, "ensemble-weighted+lcc": 0.90,
+                "ensemble-mean": 0.88}
+    points = accuracy_points(result, accuracy, "ensemble-weighted+lcc")
+    assert points == [(0, "a", 1.0, 0.80, True), (0, "a+lcc", 1.0, 0.85, False),
+                      (1, "ab", 2.0, 0.70, True),
+                      (2, "ensemble (ensemble-weighted+lcc)", 3.0, 0.90, False)]
 
 
 def test_quiet_flag_is_accepted_after_the_sub_command(patient090, capsys):
