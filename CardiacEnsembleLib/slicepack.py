@@ -2,11 +2,12 @@
 
 Why: a machine lent for training (a GPU machine) may hold no copy of ACDC, and what travels to
 it is capped (64 MiB here, the shipped members included). The NIfTI frames of the 100 train and
-validation patients take 110 MB; a pack of the same slices takes about 25 MB, because it keeps
+validation patients take 110 MB; a pack of the same slices takes 22 MB, because it keeps
 only what training reads:
 
-- each frame prepared as `training.build_slice_set` prepares it (percentile clip and z-score over
-  the whole volume, in-plane resampling to the members' spacing; labels by nearest neighbour);
+- each frame prepared by `training.prepare_frame`, as training prepares it (percentile clip and
+  z-score over the whole volume, in-plane resampling to the members' spacing; labels by nearest
+  neighbour);
 - cropped to the bounding box of the heart over all slices, plus `margin_px` on every side (the
   training crops are centred near the heart two times in three; the rest now fall inside this
   box rather than anywhere in the field of view);
@@ -16,7 +17,7 @@ only what training reads:
 
 Validation on a pack scores on the pack's grid (1.5 mm, cropped input), close to but not the
 exact validation Dice of `training.validation_dice` on the original grid: good enough to pick a
-best epoch; the exact number comes from `select` on the real frames afterwards.
+best epoch; `ship --data` replaces it by the exact number on the real frames.
 
 The test split never enters a pack: `training.load_split_cases` refuses it.
 """
@@ -34,9 +35,9 @@ import torch
 
 from .fusion import class_argmax
 from .inference import predict_slices
-from .preprocess import (PreprocessSpec, crop_or_pad, padded_size, prepare_slices,
-                         resample_slices, stack_neighbours, uncrop)
-from .training import SliceSet, assemble_slice_set, load_split_cases, mean_dice
+from .preprocess import PreprocessSpec, crop_or_pad, padded_size, stack_neighbours, uncrop
+from .training import (SliceSet, assemble_slice_set, load_split_cases, mean_dice,
+                       prepare_frame)
 
 PACK_VERSION = 1
 
@@ -83,11 +84,8 @@ class SlicePack:
 def pack_frame(image: np.ndarray, labels: np.ndarray, spacing_zyx, preprocess: PreprocessSpec,
                margin_px: int) -> tuple[np.ndarray, np.ndarray, float, float]:
     """One frame -> (uint8 image, uint8 labels, low, high) on the pack's cropped grid."""
-    slices, grid = prepare_slices(torch.from_numpy(image), spacing_zyx, preprocess)
-    slices = crop_or_pad(slices, grid.resampled_hw,
-                         offsets=(-grid.offsets[0], -grid.offsets[1]))[0][:, 0]
-    resampled = resample_slices(torch.from_numpy(labels)[:, None].float(), grid.resampled_hw,
-                                "nearest")[:, 0]
+    slices, resampled = prepare_frame(image, labels, spacing_zyx, preprocess)
+    slices = slices[:, 0]
     rows, cols = np.nonzero((resampled > 0).any(dim=0).numpy())
     height, width = slices.shape[-2:]
     if rows.size:

@@ -31,8 +31,8 @@ from .inference import CancelToken, Progress, predict_slices
 from .members import (Member, MemberError, MemberSpec, create_network, load_member,
                       save_member)
 from .metrics import dice
-from .preprocess import (crop_or_pad, prepare_slices, resample_slices, restore_probabilities,
-                         stack_neighbours)
+from .preprocess import (PreprocessSpec, crop_or_pad, prepare_slices, resample_slices,
+                         restore_probabilities, stack_neighbours)
 
 
 @dataclass
@@ -72,22 +72,36 @@ class SliceSet:
     labels: torch.Tensor  # (N, H, W) int64
     sizes: torch.Tensor  # (N, 2) the real (h, w) of each slice inside its canvas
     centroids: torch.Tensor  # (N, 2) foreground centre (row, col); NaN on slices with none
+    # (N,) each slice's minimum inside its real (h, w): the fill of crops that run off its edge,
+    # computed once here rather than per crop (on a GPU each would be a device sync)
+    backgrounds: torch.Tensor
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def to(self, device: torch.device) -> "SliceSet":
+        """Images and labels on `device`; the per-slice bookkeeping stays on the CPU, where the
+        crop sampler reads it."""
+        return SliceSet(self.images.to(device), self.labels.to(device), self.sizes,
+                        self.centroids, self.backgrounds)
+
+
+def prepare_frame(image: np.ndarray, labels: np.ndarray, spacing_zyx, preprocess: PreprocessSpec
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One frame as training sees it: (Z, 1, h, w) normalised slices at the member's spacing
+    (the inference preprocessing, without the padding) and (Z, h, w) nearest-resampled labels."""
+    slices, grid = prepare_slices(torch.from_numpy(image), spacing_zyx, preprocess)
+    slices = crop_or_pad(slices, grid.resampled_hw,
+                         offsets=(-grid.offsets[0], -grid.offsets[1]))[0]
+    resampled = resample_slices(torch.from_numpy(labels)[:, None].float(), grid.resampled_hw,
+                                "nearest")
+    return slices, resampled[:, 0].long()
+
 
 def build_slice_set(cases: Sequence[Case], spec: MemberSpec) -> SliceSet:
-    frames = []
-    for case in cases:
-        slices, grid = prepare_slices(torch.from_numpy(case.image), case.spacing_zyx,
-                                      spec.preprocess)
-        image = crop_or_pad(slices, grid.resampled_hw, offsets=(-grid.offsets[0],
-                                                                -grid.offsets[1]))[0]
-        label = resample_slices(torch.from_numpy(case.labels)[:, None].float(),
-                                grid.resampled_hw, "nearest")
-        frames.append((image, label[:, 0].long()))
-    return assemble_slice_set(frames, spec.context_slices)
+    return assemble_slice_set([prepare_frame(case.image, case.labels, case.spacing_zyx,
+                                             spec.preprocess) for case in cases],
+                              spec.context_slices)
 
 
 def assemble_slice_set(frames: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -96,9 +110,10 @@ def assemble_slice_set(frames: Sequence[tuple[torch.Tensor, torch.Tensor]],
     labels) -> one SliceSet on a common canvas, neighbours stacked within each frame."""
     canvas = [max(image.shape[-2] for image, _ in frames),
               max(image.shape[-1] for image, _ in frames)]
-    images, labels, sizes = [], [], []
+    images, labels, sizes, backgrounds = [], [], [], []
     for image, label in frames:
         image = stack_neighbours(image, image.shape[0], context_slices)
+        backgrounds.append(image.amin(dim=(1, 2, 3)))
         padded_image, _ = crop_or_pad(image, tuple(canvas), fill=float(image.min()),
                                       offsets=(0, 0))
         padded_label, _ = crop_or_pad(label[:, None].float(), tuple(canvas), fill=0.0,
@@ -108,7 +123,7 @@ def assemble_slice_set(frames: Sequence[tuple[torch.Tensor, torch.Tensor]],
         sizes.append(torch.tensor([[image.shape[-2], image.shape[-1]]] * image.shape[0]))
     labels_all = torch.cat(labels)
     return SliceSet(torch.cat(images), labels_all, torch.cat(sizes),
-                    foreground_centroids(labels_all))
+                    foreground_centroids(labels_all), torch.cat(backgrounds))
 
 
 def foreground_centroids(labels: torch.Tensor) -> torch.Tensor:
@@ -139,7 +154,8 @@ def sample_batch(data: SliceSet, indices: torch.Tensor, patch: int,
         oy, ox = (patch // 2 - int(centre[0])), (patch // 2 - int(centre[1]))
         image = data.images[i:i + 1, :, :h, :w]
         label = data.labels[i:i + 1, None, :h, :w].float()
-        images.append(crop_or_pad(image, (patch, patch), float(image.min()), (oy, ox))[0])
+        images.append(crop_or_pad(image, (patch, patch), float(data.backgrounds[i]),
+                                  (oy, ox))[0])
         labels.append(crop_or_pad(label, (patch, patch), 0.0, (oy, ox))[0])
     return torch.cat(images), torch.cat(labels)[:, 0].long()
 
@@ -271,8 +287,7 @@ def fit_member(spec: MemberSpec, data: SliceSet, validate: Callable[[torch.nn.Mo
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     if device.type != "cpu":  # crops and augmentation then run where the network does
-        data = SliceSet(data.images.to(device), data.labels.to(device), data.sizes,
-                        data.centroids)
+        data = data.to(device)
     network = create_network(spec).to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)

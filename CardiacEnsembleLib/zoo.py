@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .case import Case
 from .ensemble import write_manifest
 from .members import Member, MemberError, load_member, save_member
 from .training import load_split_cases, validation_dice
@@ -18,17 +19,16 @@ def trained_on_pack(member: Member) -> bool:
     return str(member.spec.training.get("form", "")).startswith("slice pack")
 
 
-def rescore_on_validation(member: Member, data_root: Path) -> dict:
+def rescore_on_validation(member: Member, cases: Sequence[Case]) -> dict:
     """Replace a pack-trained member's validation Dice (scored on the pack's cropped 1.5 mm
-    grid) by the exact one, on the real validation frames and their own grid, as every other
-    member's is measured; the pack's number stays beside it as `pack_validation_dice`."""
-    cases = load_split_cases(Path(data_root), "validation")
+    grid) by the exact one, on the real validation frames (`cases`: the validation split) and
+    their own grid, as every other member's is measured; the pack's number stays beside it as
+    `pack_validation_dice`."""
     recorded = list(member.spec.training.get("validation_patients") or [])
     outside = sorted(set(recorded) - {case.patient_id for case in cases})
     if not recorded or outside:
         raise MemberError(f"{member.folder}: its training record names validation patients "
-                          f"{outside or 'none'} that the validation split of {data_root} "
-                          f"does not hold")
+                          f"{outside or 'none'} that the validation split does not hold")
     exact = validation_dice(member.network, [c for c in cases if c.patient_id in recorded],
                             member.spec, "cpu")
     member.spec.metrics = {**member.spec.metrics,
@@ -54,8 +54,10 @@ def ship_runs(run_dirs: Sequence[Path], models_dir: Path, *, name: str, version:
         raise MemberError(f"{', '.join(m.name for m in packed)}: trained on a slice pack, whose "
                           f"validation Dice is approximate; give the ACDC root (--data) so "
                           f"ship scores them on the real validation frames")
-    for member in packed:
-        rescore_on_validation(member, data_root)
+    if packed:
+        validation = load_split_cases(Path(data_root), "validation")  # read once for all
+        for member in packed:
+            rescore_on_validation(member, validation)
     if overwrite and models_dir.exists():
         for child in models_dir.iterdir():
             if child.is_dir() and (child / "member.json").exists():

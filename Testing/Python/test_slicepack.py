@@ -140,7 +140,7 @@ def test_rescoring_refuses_a_member_that_names_a_non_validation_patient(acdc, pa
     member = load_member(pack_run / "best")
     member.spec.training["validation_patients"] = ["patient101"]
     with pytest.raises(MemberError, match=r"\['patient101'\].*does not hold"):
-        rescore_on_validation(member, acdc)
+        rescore_on_validation(member, load_split_cases(acdc, "validation", 2))
 
 
 def test_the_gpu_driver_trains_members_side_by_side_and_brings_back_fp16(small_pack, tmp_path,
