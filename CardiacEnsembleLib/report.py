@@ -156,6 +156,7 @@ def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.8, 4.4), dpi=110)
+    labels = []
     for method in evaluation.methods:
         seconds = _median_frame_seconds([r for r in evaluation.scores if r.method == method])
         if benchmark is not None:
@@ -166,8 +167,8 @@ def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
         colour = "#e76f51" if method == shipped else (
             "#f4a261" if method.startswith("ensemble") else "#219ebc")
         axis.scatter(seconds, dice, s=60 if method == shipped else 30, color=colour, zorder=3)
-        axis.annotate(method, (seconds, dice), fontsize=6.5, xytext=(4, 2),
-                      textcoords="offset points")
+        labels.append(axis.annotate(method, (seconds, dice), fontsize=6.5, xytext=(4, 2),
+                                    textcoords="offset points"))
     axis.axhline(TARGET_MEAN_DICE, color="grey", lw=0.8, ls="--")
     axis.set_xlabel("seconds per frame" + (f" ({benchmark.device}, benchmark)"
                                            if benchmark is not None else ""))
@@ -175,8 +176,40 @@ def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
     axis.set_title("accuracy vs cost", fontsize=9)
     axis.grid(alpha=0.3)
     figure.tight_layout()
+    separate_labels(labels)
     figure.savefig(png_path)
     plt.close(figure)
+
+
+def separate_labels(labels: Sequence, gap_px: float = 1.0) -> None:
+    """Move point labels down until no two overlap, top label first.
+
+    Why: rules with almost the same Dice and cost (weighted, mean and vote with the same
+    clean-up) land on one spot, and their names printed over each other could not be read.
+    A label keeps its x; the link to its point stays readable because it only moves down past
+    the labels it would hide.
+    """
+    if not labels:
+        return
+    figure = labels[0].figure
+    renderer = figure.canvas.get_renderer()
+    points_per_px = 72.0 / figure.dpi
+    placed = []
+    for label in sorted(labels, key=lambda t: -t.get_window_extent(renderer).y1):
+        box = label.get_window_extent(renderer)
+        drop = 0.0
+        moved = True
+        while moved:
+            moved = False
+            for other in placed:
+                if (box.x1 > other.x0 and box.x0 < other.x1
+                        and box.y0 - drop < other.y1 and box.y1 - drop > other.y0):
+                    drop = box.y1 - other.y0 + gap_px
+                    moved = True
+        if drop:
+            x, y = label.xyann
+            label.xyann = (x, y - drop * points_per_px)
+        placed.append(label.get_window_extent(renderer))
 
 
 def _median_frame_seconds(rows: Sequence[ScoreRow]) -> float:

@@ -129,3 +129,29 @@ def test_the_cost_chart_sets_the_ensemble_beside_members_with_the_same_clean_up(
 def test_quiet_flag_is_accepted_after_the_sub_command(patient090, capsys):
     assert main(["info", str(patient090.folder), "-q"]) == 0
     assert "patient090" in capsys.readouterr().out
+
+
+def test_chart_labels_on_one_spot_are_moved_apart_and_keep_their_x():
+    """Three rules with the same Dice and cost (as the +lcc rules of release 1.4 were) must
+    not print their names over each other."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from CardiacEnsembleLib.report import separate_labels
+
+    figure, axis = plt.subplots(figsize=(4, 3), dpi=100)
+    labels = [axis.annotate(name, (2.5, 0.92), fontsize=6.5, xytext=(4, 2),
+                            textcoords="offset points")
+              for name in ("ensemble-weighted+lcc", "ensemble-mean+lcc", "ensemble-vote+lcc")]
+    labels.append(axis.annotate("unet", (0.5, 0.80), xytext=(4, 2), textcoords="offset points"))
+    axis.set_xlim(0, 3), axis.set_ylim(0.75, 0.95)
+    renderer = figure.canvas.get_renderer()
+    before = [label.get_window_extent(renderer) for label in labels]
+    assert before[0].overlaps(before[1])
+    separate_labels(labels)
+    after = [label.get_window_extent(renderer) for label in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(after) for b in after[i + 1:])
+    assert [round(b.x0, 3) for b in after] == [round(b.x0, 3) for b in before]
+    assert after[3].y0 == pytest.approx(before[3].y0)  # a label alone stays where it was
+    plt.close(figure)
