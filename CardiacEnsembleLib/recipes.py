@@ -46,6 +46,13 @@ RECIPES: dict[str, dict] = {
                     "model_kwargs": {"decoder_segmentation_channels": 64}},
     "linknet25d-mnv2": {"arch": "Linknet", "encoder": "mobilenet_v2", "context_slices": 1,
                         "model_kwargs": {}},
+    # A transformer encoder (SegFormer's MiT-B0, 3.7 M parameters, 7.4 MB in fp16) with an
+    # all-MLP head at 1/4 resolution: every other member is a MobileNetV2 CNN, and the 1.4
+    # ensemble no longer gains from more members of that family (benchmarks/member_pool.py),
+    # so the next member has to err differently. 2.5D from the start; trained from scratch
+    # (no downloads here).
+    "segformer25d-mitb0": {"arch": "Segformer", "encoder": "mit_b0", "context_slices": 1,
+                           "model_kwargs": {}},
 }
 
 

@@ -28,11 +28,17 @@ def slices(case):
 
 def test_every_recipe_builds_without_downloads_and_the_shipped_ones_fit_the_size_budget():
     """The zoo may hold more recipes than ship (DeepLabV3+ gave its place to a second U-Net++);
-    the ones the default manifest ships must fit 40 MB in fp16 together."""
+    the ones the default manifest ships must fit 40 MB in fp16 together. Every recipe must
+    also give one full-resolution score map per class from its own input channels: SegFormer's
+    head works at 1/4 resolution and must be upsampled back."""
     parameters = {}
     for name in RECIPES:
-        network = create_network(recipe_spec(name))
+        spec = recipe_spec(name)
+        network = create_network(spec).eval()
         parameters[name] = sum(p.numel() for p in network.parameters())
+        with torch.inference_mode():
+            scores = network(torch.zeros(1, spec.in_channels, 64, 96))
+        assert scores.shape == (1, spec.classes, 64, 96), name
     shipped = [e["name"] for e in read_manifest(DEFAULT_MODELS_DIR)["members"]]
     assert set(shipped) <= set(RECIPES)
     assert sum(parameters[name] for name in shipped) * 2 <= 40e6
