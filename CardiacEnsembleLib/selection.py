@@ -208,19 +208,24 @@ def cross_validate(frames: Sequence[ValidationFrame], searches: Sequence[SearchR
     """Fill in each search's `held_out_dice`: the searches rerun on all but one fold of
     patients and are scored on that fold, averaged over folds (a patient's ED and ES frames
     stay together). With fewer patients than folds it stays NaN and in-sample Dice decides."""
-    patients = sorted({f.patient for f in frames})
-    if len(patients) < folds:
+    if len({f.patient for f in frames}) < folds:
         return
     held_out: dict[str, list[float]] = {s.method: [] for s in searches}
-    for fold in range(folds):
-        kept = set(patients[fold::folds])
-        fitted = run_searches([f for f in frames if f.patient not in kept], trials, seed,
-                              cancel=cancel)
-        scored = [f for f in frames if f.patient in kept]
-        for search in fitted:
+    for fitting, scored in patient_folds(frames, folds):
+        for search in run_searches(fitting, trials, seed, cancel=cancel):
             held_out[search.method].append(weighted_mean_dice(scored, search.weights))
     for search in searches:
         search.held_out_dice = float(np.mean(held_out[search.method]))
+
+
+def patient_folds(frames: Sequence[ValidationFrame], folds: int = 2):
+    """(frames to fit on, frames to score on) per fold; the patients are split by sorted id
+    (every `folds`-th patient), so a patient's ED and ES frames stay on one side."""
+    patients = sorted({f.patient for f in frames})
+    for fold in range(folds):
+        kept = set(patients[fold::folds])
+        yield ([f for f in frames if f.patient not in kept],
+               [f for f in frames if f.patient in kept])
 
 
 def random_search(frames: Sequence[ValidationFrame], trials: int = 64, seed: int = 0,
@@ -262,6 +267,50 @@ def per_class_ascent(frames: Sequence[ValidationFrame], start: Sequence[float],
     table = np.tile(np.asarray(start, dtype=float)[:, None], (1, classes))
     return _ascend(frames, table, "per-class coordinate ascent", step, min_step, max_evaluations,
                    cancel)
+
+
+def forward_selection(frames: Sequence[ValidationFrame], sizes_mb: Sequence[float],
+                      budget_mb: float = math.inf, allowed: Optional[Sequence[int]] = None,
+                      max_steps: int = 25,
+                      cancel: Optional[CancelToken] = None) -> SearchResult:
+    """Greedy ensemble selection from a library of members (Caruana et al., ICML 2004).
+
+    Start empty; at each step add the one member (repeats allowed: how often a member was added
+    becomes its weight) whose addition gives the best weighted-mean Dice, as long as the
+    distinct members chosen fit `budget_mb` together; stop when no addition helps. Why this
+    and not a weight search over the whole library: it answers which members to ship under a
+    size budget, and starting from the best single member it never picks a combination that
+    scores below it on the patients it was fitted to. `allowed` (member indices) restricts the
+    library, e.g. to the shipped members.
+    """
+    started = time.perf_counter()
+    m = frames[0].member_probs.shape[0]
+    if len(sizes_mb) != m:
+        raise ValueError(f"{len(sizes_mb)} sizes for {m} members")
+    allowed = list(range(m)) if allowed is None else list(allowed)
+    counts, best, trace = np.zeros(m), -1.0, []
+    for _ in range(max_steps):
+        step_best, step_member = -1.0, None
+        for i in allowed:
+            chosen = (counts > 0) | (np.arange(m) == i)
+            if sum(np.asarray(sizes_mb)[chosen]) > budget_mb:
+                continue
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            trial = counts.copy()
+            trial[i] += 1
+            score = weighted_mean_dice(frames, list(map(float, trial / trial.sum())))
+            trace.append(max(best, score))
+            if score > step_best:
+                step_best, step_member = score, i
+        if step_member is None or step_best <= best + 1e-9:
+            break
+        best = step_best
+        counts[step_member] += 1
+    if not counts.any():
+        raise ValueError(f"no allowed member fits the {budget_mb} MB budget")
+    return SearchResult("forward selection", list(map(float, counts / counts.sum())), best,
+                        len(trace), time.perf_counter() - started, trace)
 
 
 def _ascend(frames: Sequence[ValidationFrame], table: np.ndarray, method: str, step: float,

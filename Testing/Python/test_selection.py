@@ -18,8 +18,9 @@ from CardiacEnsembleLib.postprocess import lone_member_steps, variant_name
 from CardiacEnsembleLib.selection import (Candidate, SearchResult, ValidationFrame,
                                           _best_search, _foreground_box, _honest_dice,
                                           collect_validation_frames, coordinate_ascent,
-                                          cross_validate, frame_dice, per_class_ascent,
-                                          random_search, run_searches, select,
+                                          cross_validate, forward_selection, frame_dice,
+                                          patient_folds, per_class_ascent, random_search,
+                                          run_searches, select,
                                           selection_markdown, weighted_mean_dice)
 
 
@@ -109,6 +110,33 @@ def test_cross_validation_scores_each_search_on_patients_it_never_fitted(patient
         assert search.held_out_dice == pytest.approx(np.mean(
             [weighted_mean_dice(frames[2:], [1, 0]), weighted_mean_dice(frames[:2], [0, 1])]),
             abs=0.05)
+
+
+def test_forward_selection_picks_the_true_member_and_respects_budget_and_library(frames):
+    alone = forward_selection(frames, sizes_mb=[8, 7, 7])
+    assert alone.weights == [1.0, 0.0, 0.0] and alone.dice == pytest.approx(1.0)
+    # the truth does not fit: the best of the others is chosen, and adding members never
+    # scores below the best single allowed member on the fitted frames
+    squeezed = forward_selection(frames, sizes_mb=[30, 7, 7], budget_mb=15)
+    assert squeezed.weights[0] == 0.0
+    assert squeezed.dice >= max(weighted_mean_dice(frames, [0, 1, 0]),
+                                weighted_mean_dice(frames, [0, 0, 1]))
+    assert forward_selection(frames, [8, 7, 7], allowed=[1, 2]).weights[0] == 0.0
+    with pytest.raises(ValueError, match="5 MB budget"):
+        forward_selection(frames, sizes_mb=[8, 7, 7], budget_mb=5)
+    with pytest.raises(ValueError, match="2 sizes for 3 members"):
+        forward_selection(frames, sizes_mb=[8, 7])
+
+
+def test_patient_folds_keep_a_patients_frames_together_and_score_each_once(frames):
+    many = [ValidationFrame(f"patient{i:03d}", f.phase, f.member_probs, f.reference,
+                            f.spacing_zyx) for i in range(5) for f in frames]
+    scored = []
+    for fitting, held_out in patient_folds(many, folds=2):
+        fitted_ids, held_ids = {f.patient for f in fitting}, {f.patient for f in held_out}
+        assert not fitted_ids & held_ids and len(fitting) + len(held_out) == len(many)
+        scored += [f.patient for f in held_out]
+    assert sorted(scored) == sorted(f.patient for f in many)
 
 
 def test_the_search_with_the_best_held_out_dice_supplies_the_weights():
