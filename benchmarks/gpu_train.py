@@ -14,7 +14,8 @@ On the device machine (see benchmarks/README.md for the whole round trip):
         --job unet25d-mnv2=CardiacEnsembleLib/models/unet25d-mnv2 --job ...
 
 Each `--job RECIPE=FOLDER` fine-tunes recipe RECIPE warm-started from member FOLDER (a 2D
-member inflates into a 2.5D recipe, as `train --init-from` does).
+member inflates into a 2.5D recipe, as `train --init-from` does); `--job RECIPE=` (no folder)
+trains it from scratch.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def train_one(args: argparse.Namespace) -> int:
                             form=f"slice pack ({pack.preprocess.spacing_mm} mm, heart box + "
                                  f"{pack.margin_px} px, 8-bit)")
     log(f"{args.recipe}: {len(data)} slices, {len(validation)} validation frames, device "
-        f"{device}, stubbed {stubbed or 'nothing'}, warm start {args.init_from}")
+        f"{device}, stubbed {stubbed or 'nothing'}, "
+        f"warm start {args.init_from or 'none (from scratch)'}")
 
     def validate(network):
         return pack_validation_dice(network, validation, spec.context_slices,

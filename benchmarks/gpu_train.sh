@@ -19,6 +19,13 @@
 # one-cycle epoch, validated once on the pack's validation frames: the probe timed the cold first
 # validation (33 s), which made the epochs long. It now times a warm one, so a rerun gets several
 # epochs and a real choice of best epoch; the step counts above will differ.
+#
+# Round `diverse` (release 1.5 candidates, not run yet): members unlike the 1.4 five, from
+# scratch (an empty warm start), because benchmarks/member_pool.py found that the 1.4 ensemble
+# gains nothing from more MobileNetV2 CNNs. Judge what comes back with
+#   .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --extra runs/gpu3/*/best
+# before shipping anything. (The CPU run of the same recipe, benchmarks/train_members.sh
+# stage7, cannot travel as a warm start: its 15 MB do not fit beside the pack.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -35,7 +42,11 @@ case "${1:-}" in
     starts=()
     for recipe in "${recipes[@]}"; do starts+=("/tmp/gpu_train/$recipe/run/best"); done
     settings=(--work /tmp/gpu_train2 --budget-s 330 --lr 3e-4 --seed 5 --iterations 600) ;;
-  *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2" >&2; exit 2 ;;
+  diverse)
+    recipes=(segformer25d-mitb0)
+    starts=("")
+    settings=(--work /tmp/gpu_train3 --budget-s 470 --lr 1e-3 --seed 6 --version 1.5) ;;
+  *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2|diverse" >&2; exit 2 ;;
 esac
 jobs=()
 for i in "${!recipes[@]}"; do jobs+=(--job "${recipes[$i]}=${starts[$i]}"); done

@@ -20,6 +20,10 @@
 #            validation Dice is higher.
 #   stage 6 (release 1.3 candidates): the same for the scSE U-Net++ (14 epochs) and the FPN
 #            (16 epochs), after stage 5's 2.5D U-Net++ had become the best member on validation.
+#   stage 7 (release 1.5 candidate): a SegFormer (MiT-B0 transformer encoder) 2.5D member from
+#            scratch, 60 epochs of 100 steps, lr 1e-3, seed 6, one thread: benchmarks/member_pool.py
+#            showed that the 1.4 ensemble gains nothing from more MobileNetV2 CNNs. About 160 s
+#            per epoch next to other work; it spans sessions (resume: run it again).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -59,6 +63,10 @@ elif [[ "${1:-}" == "stage6" ]]; then
     train --version 1.3 --recipe "$1" --epochs "$3" --iterations 100 --patch-size 128 \
           --lr 5e-4 --seed 3 --init-from "$runs/v1/$2/best" --out "$runs/v1/$1"
   done
+elif [[ "${1:-}" == "stage7" ]]; then
+  mkdir -p "$runs/cpu15"
+  train --version 1.5 --recipe segformer25d-mitb0 --epochs 60 --iterations 100 --patch-size 128 \
+        --lr 1e-3 --seed 6 --out "$runs/cpu15/segformer25d-mitb0"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
