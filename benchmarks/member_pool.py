@@ -1,0 +1,200 @@
+"""Would other members make a better shipped ensemble? Measured on validation only.
+
+The library ("pool") is the shipped members, the members of earlier releases (read back from
+git history, so reusing one would add no new blob to the repository) and any candidate run
+folders given with --extra. Greedy forward selection (`selection.forward_selection`) picks
+members and weights three ways: from the shipped members only, from the whole pool within the
+40 MB shipping budget, and from the whole pool with no budget. Each is scored the way the
+shipped choice is judged: fitted on half the validation patients and scored, with the
+largest-component clean-up, on the other half (2 folds by patient), beside the best shipped
+member with the same clean-up on the same half. With --per-class the weights of the members
+chosen are then searched per class, as the shipped selection does: that is the comparison that
+decides a release. Test patients are never read.
+
+    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --release bb05a5e \
+        --per-class --no-unbounded --report reports/member_pool.md
+
+Member probabilities on the 40 validation frames take about 20 s per member on 2 cores;
+--cache keeps them (about 0.1 GB per member) for a rerun with other settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from CardiacEnsembleLib.ensemble import (DEFAULT_MODELS_DIR, load_ensemble,  # noqa: E402
+                                         read_manifest, write_manifest)
+from CardiacEnsembleLib.members import WEIGHTS_FILE, verify_member  # noqa: E402
+from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
+                                          collect_validation_frames, forward_selection,
+                                          patient_folds, per_class_ascent, score_candidate)
+
+MODELS = DEFAULT_MODELS_DIR.relative_to(REPO).as_posix()
+MEMBER_FILES = ("config.json", "member.json", WEIGHTS_FILE)
+
+
+def release_members(commit: str, pool: Path) -> list[Path]:
+    """Write the member folders shipped at `commit` into `pool` (names already there are kept:
+    the shipped member of the same name wins)."""
+    manifest = json.loads(_git_show(commit, f"{MODELS}/manifest.json"))
+    folders = []
+    for entry in manifest["members"]:
+        folder = pool / entry["name"]
+        if folder.exists():
+            continue
+        folder.mkdir()
+        for name in MEMBER_FILES:
+            (folder / name).write_bytes(_git_show(commit, f"{MODELS}/{entry['folder']}/{name}",
+                                                  binary=True))
+        folders.append(folder)
+    return folders
+
+
+def _git_show(commit: str, path: str, binary: bool = False):
+    result = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, capture_output=True,
+                            check=False)
+    if result.returncode:
+        raise SystemExit(f"git show {commit}:{path}: {result.stderr.decode().strip()}")
+    return result.stdout if binary else result.stdout.decode()
+
+
+def build_pool(pool: Path, releases: list[str], extras: list[Path]) -> list[str]:
+    """The shipped members, then each release's, then the extras; returns the shipped names."""
+    shipped = read_manifest(DEFAULT_MODELS_DIR)
+    for entry in shipped["members"]:
+        shutil.copytree(DEFAULT_MODELS_DIR / entry["folder"], pool / entry["name"])
+    for commit in releases:
+        release_members(commit, pool)
+    for extra in extras:
+        name = verify_member(extra).name
+        if (pool / name).exists():
+            raise SystemExit(f"{extra}: a member named {name!r} is already in the pool")
+        shutil.copytree(extra, pool / name)
+    folders = sorted(p for p in pool.iterdir() if (p / "member.json").exists())
+    write_manifest(pool, folders, name="member-pool", version="0")
+    return [entry["name"] for entry in shipped["members"]]
+
+
+def lcc_dice(frames, weights) -> float:
+    return score_candidate(frames, "pool", "weighted", weights, ("lcc",)).dice["mean"]
+
+
+def choose(frames, sizes, budget, allowed, per_class: bool) -> list:
+    """Forward selection; with `per_class`, then the shipped procedure's per-class coordinate
+    ascent on the members it chose (unchosen members keep weight 0 in every class)."""
+    weights = forward_selection(frames, sizes, budget, allowed).weights
+    if not per_class:
+        return weights
+    chosen = [i for i, w in enumerate(weights) if w > 0]
+    only = [ValidationFrame(f.patient, f.phase, f.member_probs[chosen], f.reference,
+                            f.spacing_zyx) for f in frames]
+    table = dict(zip(chosen, per_class_ascent(only, [weights[i] for i in chosen]).weights))
+    classes = frames[0].member_probs.shape[1]
+    return [table.get(i, [0.0] * classes) for i in range(len(weights))]
+
+
+def held_out(frames, sizes, budget, allowed, shipped, per_class: bool) -> dict:
+    """Chosen on one half, scored (+lcc) on the other; and chosen on all frames."""
+    scores, rivals = [], []
+    for fitting, scored in patient_folds(frames):
+        scores.append(lcc_dice(scored, choose(fitting, sizes, budget, allowed, per_class)))
+        rivals.append(max(lcc_dice(scored, one_hot(i, len(sizes))) for i in shipped))
+    full = choose(frames, sizes, budget, allowed, per_class)
+    return {"held_out": float(np.mean(scores)),
+            "gain": 100 * float(np.mean(np.subtract(scores, rivals))),
+            "weights": full, "in_sample": lcc_dice(frames, full)}
+
+
+def weight_of(weight) -> float:
+    """One number for the table: a member's weight, or its mean weight over the classes."""
+    return float(np.mean(weight)) if isinstance(weight, list) else weight
+
+
+def one_hot(index: int, size: int) -> list[float]:
+    return [1.0 if i == index else 0.0 for i in range(size)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
+    parser.add_argument("--release", nargs="*", default=[],
+                        help="commits whose shipped members join the pool")
+    parser.add_argument("--extra", nargs="*", type=Path, default=[],
+                        help="candidate member folders (e.g. a run's best/)")
+    parser.add_argument("--budget-mb", type=float, default=40.0)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="file for the members' validation probabilities (reused if there)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="after forward selection, per-class coordinate ascent on the chosen "
+                             "members, as the shipped selection does (about 6 min per fit)")
+    parser.add_argument("--no-unbounded", action="store_true",
+                        help="skip the pool without a size budget")
+    parser.add_argument("--report", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = Path(tmp)
+        shipped_names = build_pool(pool, args.release, args.extra)
+        manifest = read_manifest(pool)
+        ensemble = load_ensemble(pool, device="cpu")
+        if args.cache is not None and args.cache.exists():
+            cached = torch.load(args.cache, weights_only=False)
+            if cached["names"] != ensemble.names:
+                raise SystemExit(f"{args.cache}: cached for {cached['names']}, not this pool")
+            frames = cached["frames"]
+        else:
+            frames = collect_validation_frames(ensemble, args.data)
+            if args.cache is not None:
+                torch.save({"names": ensemble.names, "frames": frames}, args.cache)
+    names = ensemble.names
+    sizes = [next(e["size_bytes"] for e in manifest["members"] if e["name"] == n) / 1e6
+             for n in names]
+    shipped = [names.index(n) for n in shipped_names]
+    rows = [("shipped members", shipped, float("inf")),
+            (f"pool within {args.budget_mb:g} MB", None, args.budget_mb),
+            ("pool, no budget", None, float("inf"))][:2 if args.no_unbounded else 3]
+    lines = [f"# Member pool on the validation split ({len(frames) // 2} patients, ED and ES)", "",
+             f"Pool: {', '.join(f'{n} ({s:.1f} MB)' for n, s in zip(names, sizes))}.", "",
+             "Members: each one alone, with the largest-component clean-up (lcc), all "
+             "validation frames.", "",
+             "| member | Dice + lcc |", "|---|---|"]
+    lines += [f"| {n}{' (shipped)' if i in shipped else ''} | "
+              f"{lcc_dice(frames, one_hot(i, len(names))):.4f} |" for i, n in enumerate(names)]
+    method = ("forward selection (Caruana et al. 2004), then per-class coordinate ascent on "
+              "the members it chose (the shipped selection's weights)" if args.per_class else
+              "forward selection (Caruana et al. 2004; one weight per member)")
+    lines += ["", f"Weights: {method}, fitted on one half of the patients and scored + lcc on "
+              "the other half (2 folds); gain: over the best shipped member + lcc on the same "
+              "half, in Dice points. Chosen: the selection on all validation patients (per-class "
+              "weights shown as their mean).", "",
+              "| library | held-out Dice | gain (points) | chosen (weight) | MB | "
+              "in-sample Dice |", "|---|---|---|---|---|---|"]
+    for label, allowed, budget in rows:
+        result = held_out(frames, sizes, budget, allowed, shipped, args.per_class)
+        chosen = [(n, weight_of(w), s) for n, w, s in zip(names, result["weights"], sizes)
+                  if weight_of(w) > 0]
+        lines.append(f"| {label} | {result['held_out']:.4f} | {result['gain']:+.2f} | "
+                     + ", ".join(f"{n} ({w:.2f})" for n, w, _ in chosen)
+                     + f" | {sum(s for *_, s in chosen):.1f} | {result['in_sample']:.4f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
