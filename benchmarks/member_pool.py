@@ -165,6 +165,7 @@ def main() -> int:
             (f"pool within {args.budget_mb:g} MB", None, args.budget_mb),
             ("pool, no budget", None, float("inf"))][:2 if args.no_unbounded else 3]
     lines = [f"# Member pool on the validation split ({len(frames) // 2} patients, ED and ES)", "",
+             "Produced by `python benchmarks/member_pool.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"Pool: {', '.join(f'{n} ({s:.1f} MB)' for n, s in zip(names, sizes))}.", "",
              "Members: each one alone, with the largest-component clean-up (lcc), all "
              "validation frames.", "",
