@@ -281,7 +281,10 @@ def forward_selection(frames: Sequence[ValidationFrame], sizes_mb: Sequence[floa
     and not a weight search over the whole library: it answers which members to ship under a
     size budget, and starting from the best single member it never picks a combination that
     scores below it on the patients it was fitted to. `allowed` (member indices) restricts the
-    library, e.g. to the shipped members.
+    library, e.g. to the shipped members. Being greedy, a larger library can end below a smaller
+    one: an early pick that pairs well with the best member can lock the search out of a better
+    set (a half-trained SegFormer did exactly that), so compare libraries side by side, as
+    benchmarks/member_pool.py does.
     """
     started = time.perf_counter()
     m = frames[0].member_probs.shape[0]
