@@ -204,7 +204,7 @@ def separate_labels(labels: Sequence, gap_px: float = 1.0) -> None:
             for other in placed:
                 if (box.x1 > other.x0 and box.x0 < other.x1
                         and box.y0 - drop < other.y1 and box.y1 - drop > other.y0):
-                    drop = box.y1 - other.y0 + gap_px
+                    drop = max(drop, box.y1 - other.y0 + gap_px)  # only down: it ends
                     moved = True
         if drop:
             x, y = label.xyann
