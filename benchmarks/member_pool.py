@@ -104,12 +104,17 @@ def choose(frames, sizes, budget, allowed, per_class: bool) -> list:
     return [table.get(i, [0.0] * classes) for i in range(len(weights))]
 
 
-def held_out(frames, sizes, budget, allowed, shipped, per_class: bool) -> dict:
+def best_shipped_per_fold(frames, shipped: list[int], members: int) -> list[float]:
+    """The rival on each held-out half: the best shipped member alone + lcc (the same for
+    every library, so scored once)."""
+    return [max(lcc_dice(scored, one_hot(i, members)) for i in shipped)
+            for _, scored in patient_folds(frames)]
+
+
+def held_out(frames, sizes, budget, allowed, rivals, per_class: bool) -> dict:
     """Chosen on one half, scored (+lcc) on the other; and chosen on all frames."""
-    scores, rivals = [], []
-    for fitting, scored in patient_folds(frames):
-        scores.append(lcc_dice(scored, choose(fitting, sizes, budget, allowed, per_class)))
-        rivals.append(max(lcc_dice(scored, one_hot(i, len(sizes))) for i in shipped))
+    scores = [lcc_dice(scored, choose(fitting, sizes, budget, allowed, per_class))
+              for fitting, scored in patient_folds(frames)]
     full = choose(frames, sizes, budget, allowed, per_class)
     return {"held_out": float(np.mean(scores)),
             "gain": 100 * float(np.mean(np.subtract(scores, rivals))),
@@ -146,21 +151,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp)
         shipped_names = build_pool(pool, args.release, args.extra)
-        manifest = read_manifest(pool)
-        ensemble = load_ensemble(pool, device="cpu")
-        if args.cache is not None and args.cache.exists():
+        entries = read_manifest(pool)["members"]  # the ensemble's member order
+        names = [entry["name"] for entry in entries]
+        if args.cache is not None and args.cache.exists():  # no networks to load
             cached = torch.load(args.cache, weights_only=False)
-            if cached["names"] != ensemble.names:
+            if cached["names"] != names:
                 raise SystemExit(f"{args.cache}: cached for {cached['names']}, not this pool")
             frames = cached["frames"]
         else:
-            frames = collect_validation_frames(ensemble, args.data)
+            frames = collect_validation_frames(load_ensemble(pool, device="cpu"), args.data)
             if args.cache is not None:
-                torch.save({"names": ensemble.names, "frames": frames}, args.cache)
-    names = ensemble.names
-    sizes = [next(e["size_bytes"] for e in manifest["members"] if e["name"] == n) / 1e6
-             for n in names]
+                torch.save({"names": names, "frames": frames}, args.cache)
+    sizes = [entry["size_bytes"] / 1e6 for entry in entries]
     shipped = [names.index(n) for n in shipped_names]
+    rivals = best_shipped_per_fold(frames, shipped, len(names))
     rows = [("shipped members", shipped, float("inf")),
             (f"pool within {args.budget_mb:g} MB", None, args.budget_mb),
             ("pool, no budget", None, float("inf"))][:2 if args.no_unbounded else 3]
@@ -182,7 +186,7 @@ def main() -> int:
               "| library | held-out Dice | gain (points) | chosen (weight) | MB | "
               "in-sample Dice |", "|---|---|---|---|---|---|"]
     for label, allowed, budget in rows:
-        result = held_out(frames, sizes, budget, allowed, shipped, args.per_class)
+        result = held_out(frames, sizes, budget, allowed, rivals, args.per_class)
         chosen = [(n, weight_of(w), s) for n, w, s in zip(names, result["weights"], sizes)
                   if weight_of(w) > 0]
         lines.append(f"| {label} | {result['held_out']:.4f} | {result['gain']:+.2f} | "
