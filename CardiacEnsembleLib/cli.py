@@ -341,7 +341,7 @@ def cmd_train(args) -> int:
 
     if args.init_from and args.init_encoder_from:
         raise SystemExit("train: give --init-from or --init-encoder-from, not both")
-    spec = recipe_spec(args.recipe, version=args.version)
+    spec = recipe_spec(args.recipe, version=args.version, member_name=args.name)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size,
                          patch_size=args.patch_size, learning_rate=args.lr, seed=args.seed,
                          iterations_per_epoch=args.iterations, num_threads=args.threads,
@@ -350,7 +350,7 @@ def cmd_train(args) -> int:
                          init_from=str(args.init_from or args.init_encoder_from or ""),
                          init_encoder_only=args.init_encoder_from is not None)
     from .inference import pick_device
-    bar = ProgressBar(f"train {args.recipe}", not args.quiet)
+    bar = ProgressBar(f"train {spec.name}", not args.quiet)
     try:
         member = train_member(spec, args.data, args.out, config, device=pick_device(args.device),
                               progress=bar, log=lambda line: (bar.close(), print(line, flush=True)))
@@ -546,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one member on the ACDC train split")
     train.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
     train.add_argument("--recipe", required=True, help="member recipe name (see recipes.py)")
+    train.add_argument("--name", default="",
+                       help="member name (default: the recipe's); a second member of one recipe, "
+                            "e.g. from another --seed, needs its own to join one ensemble")
     train.add_argument("--out", type=Path, required=True,
                        help="run folder (resumes from OUT/last.pt if present)")
     train.add_argument("--epochs", type=int, default=40)

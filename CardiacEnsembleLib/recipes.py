@@ -56,11 +56,16 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def recipe_spec(name: str, version: str = "0") -> MemberSpec:
-    """A fresh spec for a named recipe (raises KeyError listing the known names)."""
+def recipe_spec(name: str, version: str = "0", member_name: str = "") -> MemberSpec:
+    """A fresh spec for a named recipe (raises KeyError listing the known names).
+
+    The member is named after its recipe unless `member_name` says otherwise: two members of one
+    recipe trained from different seeds (a deep ensemble's independent draws) need two names
+    to sit in one ensemble.
+    """
     if name not in RECIPES:
         raise KeyError(f"unknown member recipe {name!r}; known: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
-    return MemberSpec(name=name, arch=recipe["arch"], encoder=recipe["encoder"],
+    return MemberSpec(name=member_name or name, arch=recipe["arch"], encoder=recipe["encoder"],
                       model_kwargs=dict(recipe["model_kwargs"]), preprocess=PREPROCESS,
                       context_slices=recipe.get("context_slices", 0), version=version)

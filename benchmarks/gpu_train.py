@@ -15,7 +15,9 @@ On the device machine (see benchmarks/README.md for the whole round trip):
 
 Each `--job RECIPE=FOLDER` fine-tunes recipe RECIPE warm-started from member FOLDER (a 2D
 member inflates into a 2.5D recipe, as `train --init-from` does); `--job RECIPE=` (no folder)
-trains it from scratch.
+trains it from scratch. `--job RECIPE@SEED=...` uses its own seed instead of --seed and names
+the member RECIPE-sSEED, so independent draws of one recipe can train side by side and later
+sit in one ensemble.
 """
 from __future__ import annotations
 
@@ -70,7 +72,7 @@ def train_one(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     pack = read_pack(Path(args.pack))
-    spec = recipe_spec(args.recipe, version=args.version)
+    spec = recipe_spec(args.recipe, version=args.version, member_name=args.name)
     if spec.preprocess != pack.preprocess:
         raise SystemExit(f"{args.pack}: packed with {pack.preprocess}, {args.recipe} needs "
                          f"{spec.preprocess}")
@@ -79,7 +81,7 @@ def train_one(args: argparse.Namespace) -> int:
     source = TrainingSource(pack.patients("train"), pack.patients("validation"),
                             form=f"slice pack ({pack.preprocess.spacing_mm} mm, heart box + "
                                  f"{pack.margin_px} px, 8-bit)")
-    log(f"{args.recipe}: {len(data)} slices, {len(validation)} validation frames, device "
+    log(f"{spec.name}: {len(data)} slices, {len(validation)} validation frames, device "
         f"{device}, stubbed {stubbed or 'nothing'}, "
         f"warm start {args.init_from or 'none (from scratch)'}")
 
@@ -111,7 +113,7 @@ def train_one(args: argparse.Namespace) -> int:
     epochs = math.floor(0.85 * left / (iterations * per_step + per_validation))
     if epochs < 1:  # too little time for one such epoch: one shorter epoch that fits
         epochs, iterations = 1, max(10, math.floor((0.85 * left - per_validation) / per_step))
-    log(f"{args.recipe}: probe {time.monotonic() - started:.0f}s, {per_step * 1000:.0f} ms/step, "
+    log(f"{spec.name}: probe {time.monotonic() - started:.0f}s, {per_step * 1000:.0f} ms/step, "
         f"validation {per_validation:.1f}s; {left:.0f}s left -> {epochs} epochs of "
         f"{iterations} steps (batch {args.batch_size}, {args.patch_size} px, lr {args.lr})")
 
@@ -126,23 +128,37 @@ def train_one(args: argparse.Namespace) -> int:
         fit_member(spec, data, validate, source, out / "run", config(epochs, iterations),
                    device=device, progress=watch, cancel=token, log=log)
     except Cancelled:
-        log(f"{args.recipe}: stopped at the deadline; the best epoch so far stands")
+        log(f"{spec.name}: stopped at the deadline; the best epoch so far stands")
     if not (out / "run" / "best" / "member.json").is_file():
-        log(f"{args.recipe}: no epoch finished before the deadline; nothing to bring back")
+        log(f"{spec.name}: no epoch finished before the deadline; nothing to bring back")
         return 1
     best = load_member(out / "run" / "best")
     save_member(best.network, best.spec, out / "best", half=True, overwrite=True)
     (out / "best" / "history.csv").write_bytes((out / "run" / "history.csv").read_bytes())
-    log(f"{args.recipe}: best epoch {best.spec.metrics.get('best_epoch')} pack validation "
+    log(f"{spec.name}: best epoch {best.spec.metrics.get('best_epoch')} pack validation "
         f"{json.dumps(best.spec.metrics.get('validation_dice'))}")
     log_file.close()
     # Written here, not by the parent, so a member that finished comes back even if another
     # member's process is still running when the device command is stopped.
     Path(args.bring_back).mkdir(parents=True, exist_ok=True)
-    with tarfile.open(Path(args.bring_back) / f"{args.recipe}.tar", "w") as tar:
-        tar.add(out / "best", arcname=f"{args.recipe}/best")
-        tar.add(out / "train.log", arcname=f"{args.recipe}/train.log")
+    with tarfile.open(Path(args.bring_back) / f"{spec.name}.tar", "w") as tar:
+        tar.add(out / "best", arcname=f"{spec.name}/best")
+        tar.add(out / "train.log", arcname=f"{spec.name}/train.log")
     return 0
+
+
+def parse_job(job: str, default_seed: int) -> tuple[str, str, int, str]:
+    """`RECIPE=FOLDER` or `RECIPE@SEED=FOLDER` -> (recipe, member name, seed, warm-start folder)."""
+    if "=" not in job:
+        raise SystemExit(f"--job {job!r}: expected RECIPE=FOLDER or RECIPE@SEED=FOLDER "
+                         "(an empty FOLDER trains from scratch)")
+    target, folder = job.split("=", 1)
+    recipe, _, seed = target.partition("@")
+    if not seed:
+        return recipe, recipe, default_seed, folder
+    if not seed.isdigit():
+        raise SystemExit(f"--job {job!r}: the seed after @ must be a whole number")
+    return recipe, f"{recipe}-s{seed}", int(seed), folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", required=True)
     parser.add_argument("--out", required=True, help="where <recipe>.tar files go ($OUT)")
     parser.add_argument("--work", default="/tmp/gpu_train", help="run folders")
-    parser.add_argument("--job", action="append", default=[], help="RECIPE=WARM_START_FOLDER")
+    parser.add_argument("--job", action="append", default=[],
+                        help="RECIPE=WARM_START_FOLDER or RECIPE@SEED=... (empty: from scratch)")
     parser.add_argument("--budget-s", type=float, default=430,
                         help="seconds from start until every member stops training")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -163,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per member")
     # internal: one member's process
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--name", default="", help=argparse.SUPPRESS)
     parser.add_argument("--init-from", help=argparse.SUPPRESS)
     parser.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -172,19 +190,19 @@ def main(argv: list[str] | None = None) -> int:
         return train_one(args)
 
     t0 = time.monotonic()
-    jobs = [job.split("=", 1) for job in args.job]
+    jobs = [parse_job(job, args.seed) for job in args.job]
     threads = args.threads or max(1, (os.cpu_count() or 2) // max(1, len(jobs)))
     children = []
-    for recipe, folder in jobs:
-        work = Path(args.work) / recipe
+    for recipe, name, seed, folder in jobs:
+        work = Path(args.work) / name
         command = [sys.executable, __file__, "--pack", args.pack, "--out", str(work),
-                   "--recipe", recipe, "--init-from", folder, "--t0", str(t0),
+                   "--recipe", recipe, "--name", name, "--init-from", folder, "--t0", str(t0),
                    "--deadline", str(args.budget_s), "--batch-size", str(args.batch_size),
                    "--patch-size", str(args.patch_size), "--lr", str(args.lr),
-                   "--iterations", str(args.iterations), "--seed", str(args.seed),
+                   "--iterations", str(args.iterations), "--seed", str(seed),
                    "--version", args.version, "--device", args.device,
                    "--threads", str(threads), "--bring-back", args.out]
-        children.append((recipe, subprocess.Popen(command, env={
+        children.append((name, subprocess.Popen(command, env={
             **os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})))
     failed = [recipe for recipe, child in children if child.wait() != 0]
     print(f"done in {time.monotonic() - t0:.0f}s; failed: {failed or 'none'}", flush=True)

@@ -146,19 +146,47 @@ def test_rescoring_refuses_a_member_that_names_a_non_validation_patient(acdc, pa
 def test_the_gpu_driver_trains_members_side_by_side_and_brings_back_fp16(small_pack, tmp_path,
                                                                          untrained_models):
     """benchmarks/gpu_train.py on the CPU with a short budget: each member's process sizes its
-    schedule to the time left and leaves <recipe>.tar with an fp16 best member."""
+    schedule to the time left and leaves <member>.tar with an fp16 best member. A job with
+    @SEED trains from scratch with that seed, named RECIPE-sSEED, beside the warm-started one."""
     import tarfile
 
     out = tmp_path / "out"
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--pack", str(small_pack),
          "--out", str(out), "--work", str(tmp_path / "work"), "--device", "cpu",
-         "--budget-s", "45", "--iterations", "2", "--batch-size", "4", "--patch-size", "64",
-         "--threads", "1", "--job", f"fpn25d-mnv2={untrained_models / 'fpn-mnv2'}"],
-        capture_output=True, text=True, timeout=180)
+         "--budget-s", "60", "--iterations", "2", "--batch-size", "4", "--patch-size", "64",
+         "--threads", "1", "--job", f"fpn25d-mnv2={untrained_models / 'fpn-mnv2'}",
+         "--job", "fpn25d-mnv2@3="],
+        capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "ms/step" in done.stdout and "inflated from 1 to 3 channels" in done.stdout
-    with tarfile.open(out / "fpn25d-mnv2.tar") as tar:
-        spec = json.load(tar.extractfile("fpn25d-mnv2/best/member.json"))
-    assert spec["weights_dtype"] == "float16" and spec["context_slices"] == 1
-    assert spec["training"]["form"].startswith("slice pack")
+    assert "fpn25d-mnv2-s3: " in done.stdout and "warm start none (from scratch)" in done.stdout
+    specs = {}
+    for name in ("fpn25d-mnv2", "fpn25d-mnv2-s3"):
+        with tarfile.open(out / f"{name}.tar") as tar:
+            specs[name] = json.load(tar.extractfile(f"{name}/best/member.json"))
+    for name, spec in specs.items():
+        assert spec["name"] == name
+        assert spec["weights_dtype"] == "float16" and spec["context_slices"] == 1
+        assert spec["training"]["form"].startswith("slice pack")
+    assert specs["fpn25d-mnv2"]["training"]["config"]["seed"] == 4  # the driver's --seed
+    assert specs["fpn25d-mnv2-s3"]["training"]["config"]["seed"] == 3
+    assert specs["fpn25d-mnv2-s3"]["training"]["config"]["init_from"] == ""
+
+
+def test_a_gpu_job_names_its_recipe_and_an_optional_whole_number_seed():
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("gpu_train",
+                                                    REPO / "benchmarks" / "gpu_train.py")
+    gpu_train = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(gpu_train)
+    parse_job = gpu_train.parse_job
+
+    assert parse_job("unet25d-mnv2=models/unet", 4) == ("unet25d-mnv2", "unet25d-mnv2", 4,
+                                                        "models/unet")
+    assert parse_job("unet25d-mnv2@7=", 4) == ("unet25d-mnv2", "unet25d-mnv2-s7", 7, "")
+    with pytest.raises(SystemExit, match="RECIPE=FOLDER"):
+        parse_job("unet25d-mnv2", 4)
+    with pytest.raises(SystemExit, match="whole number"):
+        parse_job("unet25d-mnv2@x=", 4)

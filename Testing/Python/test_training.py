@@ -103,3 +103,19 @@ def test_encoder_warm_start_copies_only_the_encoder_across_architectures(untrain
     with pytest.raises(MemberError, match="it is mobilenet_v2, this member needs resnet18"):
         _warm_start(create_network(other), other, untrained_models / "fpn-mnv2",
                     log=lambda line: None, encoder_only=True)
+
+
+def test_train_names_a_second_draw_of_a_recipe_as_asked(acdc, tmp_path):
+    """`train --name`: two members of one recipe from different seeds can sit in one ensemble
+    only under two names; without it the member is named after its recipe."""
+    from CardiacEnsembleLib.cli import main
+    from CardiacEnsembleLib.members import load_member
+
+    main(["-q", "train", "--data", str(acdc), "--recipe", "fpn-mnv2", "--name", "fpn-mnv2-s7",
+          "--seed", "7", "--epochs", "1", "--iterations", "1", "--batch-size", "2",
+          "--patch-size", "64", "--threads", "1", "--max-train-patients", "1",
+          "--max-validation-patients", "1", "--out", str(tmp_path / "run")])
+    member = load_member(tmp_path / "run" / "best")
+    assert member.spec.name == "fpn-mnv2-s7" and member.spec.arch == "FPN"
+    assert member.spec.training["config"]["seed"] == 7
+    assert recipe_spec("fpn-mnv2").name == "fpn-mnv2"
