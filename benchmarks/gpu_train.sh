@@ -20,12 +20,19 @@
 # validation (33 s), which made the epochs long. It now times a warm one, so a rerun gets several
 # epochs and a real choice of best epoch; the step counts above will differ.
 #
-# Round `diverse` (release 1.5 candidates, not run yet): members unlike the 1.4 five, from
-# scratch (an empty warm start), because benchmarks/member_pool.py found that the 1.4 ensemble
-# gains nothing from more MobileNetV2 CNNs. Judge what comes back with
-#   .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --extra runs/gpu3/*/best
-# before shipping anything. (The CPU run of the same recipe, benchmarks/train_members.sh
-# stage7, cannot travel as a warm start: its 15 MB do not fit beside the pack.)
+# Round `diverse` (release 1.5 candidates, not run yet): four members from scratch (empty warm
+# starts), each its own seed and name (RECIPE@SEED -> member RECIPE-sSEED). Why: every 1.4 member
+# descends from the three stage-1 CPU runs of benchmarks/train_members.sh (U-Net, LinkNet, FPN),
+# all started with seed 0, so from one MobileNetV2 encoder initialisation; their errors are
+# alike, and benchmarks/member_pool.py and
+# benchmarks/fusion_ceiling.py found neither more members of that family nor a better fusion
+# rule lifts the ensemble. Independent draws are what makes a deep ensemble work. Judge what
+# comes back with
+#   .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --per-class \
+#       --extra runs/gpu3/*/best
+# before shipping anything. (A SegFormer, recipe segformer25d-mitb0, was the first try at
+# unlike errors: from scratch on the CPU it stalled near 0.86 validation Dice, far below the
+# CNNs; benchmarks/train_members.sh stage7.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -43,8 +50,8 @@ case "${1:-}" in
     for recipe in "${recipes[@]}"; do starts+=("/tmp/gpu_train/$recipe/run/best"); done
     settings=(--work /tmp/gpu_train2 --budget-s 330 --lr 3e-4 --seed 5 --iterations 600) ;;
   diverse)
-    recipes=(segformer25d-mitb0)
-    starts=("")
+    recipes=(unetpp25d-mnv2@7 unet25d-mnv2@8 unetpp-scse25d-mnv2@9 fpn25d-mnv2@10)
+    starts=("" "" "" "")
     settings=(--work /tmp/gpu_train3 --budget-s 470 --lr 1e-3 --seed 6 --version 1.5) ;;
   *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2|diverse" >&2; exit 2 ;;
 esac

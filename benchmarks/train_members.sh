@@ -24,6 +24,12 @@
 #            scratch, 60 epochs of 100 steps, lr 1e-3, seed 6, one thread: benchmarks/member_pool.py
 #            showed that the 1.4 ensemble gains nothing from more MobileNetV2 CNNs. About 160 s
 #            per epoch next to other work; it spans sessions (resume: run it again).
+#   stage 8 (release 1.5 candidate): an independent draw, a 2.5D U-Net from scratch with its
+#            own seed (11) and name (unet25d-mnv2-s11), 40 epochs of 100 steps, 128 px, lr 2e-3,
+#            one thread. Why: stage 1's three runs all used seed 0, so every shipped member grew
+#            from one encoder initialisation and one batch order (see gpu_train.sh, round
+#            diverse, for the same idea on a lent GPU). Stage 7 was stopped after epoch 41 of 60
+#            (best 0.864), too weak beside the CNNs to be worth its core.
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -67,6 +73,10 @@ elif [[ "${1:-}" == "stage7" ]]; then
   mkdir -p "$runs/cpu15"
   train --version 1.5 --recipe segformer25d-mitb0 --epochs 60 --iterations 100 --patch-size 128 \
         --lr 1e-3 --seed 6 --out "$runs/cpu15/segformer25d-mitb0"
+elif [[ "${1:-}" == "stage8" ]]; then
+  mkdir -p "$runs/cpu16"
+  train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 11 --epochs 40 \
+        --iterations 100 --patch-size 128 --lr 2e-3 --out "$runs/cpu16/unet25d-mnv2-s11"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
