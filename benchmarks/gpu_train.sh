@@ -52,7 +52,7 @@ case "${1:-}" in
   diverse)
     recipes=(unetpp25d-mnv2@7 unet25d-mnv2@8 unetpp-scse25d-mnv2@9 fpn25d-mnv2@10)
     starts=("" "" "" "")
-    settings=(--work /tmp/gpu_train3 --budget-s 470 --lr 1e-3 --seed 6 --version 1.5) ;;
+    settings=(--work /tmp/gpu_train3 --budget-s 470 --lr 2e-3 --seed 6 --version 1.5) ;;
   *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2|diverse" >&2; exit 2 ;;
 esac
 jobs=()
