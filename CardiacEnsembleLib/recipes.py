@@ -6,6 +6,8 @@ different mistakes (the point of an ensemble) while the shipped five stay under 
 """
 from __future__ import annotations
 
+import re
+
 from .members import MemberSpec
 from .preprocess import PreprocessSpec
 
@@ -65,6 +67,9 @@ def recipe_spec(name: str, version: str = "0", member_name: str = "") -> MemberS
     """
     if name not in RECIPES:
         raise KeyError(f"unknown member recipe {name!r}; known: {', '.join(RECIPES)}")
+    if member_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", member_name):
+        raise ValueError(f"member name {member_name!r}: use letters, digits, '.', '_' and '-' "
+                         "only (it names folders and archives)")
     recipe = RECIPES[name]
     return MemberSpec(name=member_name or name, arch=recipe["arch"], encoder=recipe["encoder"],
                       model_kwargs=dict(recipe["model_kwargs"]), preprocess=PREPROCESS,

@@ -164,7 +164,7 @@ def parse_job(job: str, default_seed: int) -> tuple[str, str, int, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pack", required=True)
-    parser.add_argument("--out", required=True, help="where <recipe>.tar files go ($OUT)")
+    parser.add_argument("--out", required=True, help="where <member>.tar files go ($OUT)")
     parser.add_argument("--work", default="/tmp/gpu_train", help="run folders")
     parser.add_argument("--job", action="append", default=[],
                         help="RECIPE=WARM_START_FOLDER or RECIPE@SEED=... (empty: from scratch)")
@@ -191,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     jobs = [parse_job(job, args.seed) for job in args.job]
+    names = [name for _, name, _, _ in jobs]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"--job: member names {names} repeat; give each draw of a recipe its "
+                         "own @SEED")
     threads = args.threads or max(1, (os.cpu_count() or 2) // max(1, len(jobs)))
     children = []
     for recipe, name, seed, folder in jobs:

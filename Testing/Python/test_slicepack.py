@@ -190,3 +190,6 @@ def test_a_gpu_job_names_its_recipe_and_an_optional_whole_number_seed():
         parse_job("unet25d-mnv2", 4)
     with pytest.raises(SystemExit, match="whole number"):
         parse_job("unet25d-mnv2@x=", 4)
+    with pytest.raises(SystemExit, match="repeat"):
+        gpu_train.main(["--pack", "p", "--out", "o", "--job", "unet25d-mnv2=",
+                        "--job", "unet25d-mnv2=a"])

@@ -119,3 +119,5 @@ def test_train_names_a_second_draw_of_a_recipe_as_asked(acdc, tmp_path):
     assert member.spec.name == "fpn-mnv2-s7" and member.spec.arch == "FPN"
     assert member.spec.training["config"]["seed"] == 7
     assert recipe_spec("fpn-mnv2").name == "fpn-mnv2"
+    with pytest.raises(ValueError, match="letters, digits"):
+        recipe_spec("fpn-mnv2", member_name="../fpn s7")
