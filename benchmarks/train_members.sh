@@ -29,7 +29,11 @@
 #            one thread. Why: stage 1's three runs all used seed 0, so every shipped member grew
 #            from one encoder initialisation and one batch order (see gpu_train.sh, round
 #            diverse, for the same idea on a lent GPU). Stage 7 was stopped after epoch 41 of 60
-#            (best 0.864), too weak beside the CNNs to be worth its core.
+#            (best 0.864), too weak beside the CNNs to be worth its core. At epoch 29 (0.876 raw,
+#            0.890 with lcc) benchmarks/member_pool.py did not pick it: still weaker than every
+#            shipped member (0.893-0.914 with lcc).
+#   stage 9 (not run yet): stage 8's second one-cycle schedule, as stage 2 was stage 1's, from
+#            its best epoch, lr 5e-4, seed 12, 30 epochs, one thread; same member name.
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -77,6 +81,10 @@ elif [[ "${1:-}" == "stage8" ]]; then
   mkdir -p "$runs/cpu16"
   train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 11 --epochs 40 \
         --iterations 100 --patch-size 128 --lr 2e-3 --out "$runs/cpu16/unet25d-mnv2-s11"
+elif [[ "${1:-}" == "stage9" ]]; then
+  train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 12 --epochs 30 \
+        --iterations 100 --patch-size 128 --lr 5e-4 \
+        --init-from "$runs/cpu16/unet25d-mnv2-s11/best" --out "$runs/cpu16/unet25d-mnv2-s11-ft"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
