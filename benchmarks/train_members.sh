@@ -32,8 +32,8 @@
 #            (best 0.864), too weak beside the CNNs to be worth its core. At epoch 29 (0.876 raw,
 #            0.890 with lcc) benchmarks/member_pool.py did not pick it: still weaker than every
 #            shipped member (0.893-0.914 with lcc).
-#   stage 9 (not run yet): stage 8's second one-cycle schedule, as stage 2 was stage 1's, from
-#            its best epoch, lr 5e-4, seed 12, 30 epochs, one thread; same member name.
+#   stage 9 (started; resumable): stage 8's second one-cycle schedule, as stage 2 was stage 1's, from
+#            its best epoch (35, 0.885), lr 5e-4, seed 12, 30 epochs, one thread; same name.
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
