@@ -45,6 +45,7 @@ from CardiacEnsembleLib.postprocess import keep_largest_components  # noqa: E402
 from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
                                           collect_validation_frames, frame_dice, patient_folds,
                                           run_searches)
+from validation_benchmark import cached_frames, print_and_write  # noqa: E402
 
 #: frame probabilities (M, C, Z, Y, X) -> fused class scores (C, Z, Y, X)
 Fuser = Callable[[torch.Tensor], torch.Tensor]
@@ -160,16 +161,8 @@ def main() -> int:
     torch.set_num_threads(2)
 
     ensemble = load_ensemble(DEFAULT_MODELS_DIR, device="cpu", tta=args.tta)
-    if args.cache is not None and args.cache.exists():
-        cached = torch.load(args.cache, weights_only=False)
-        if (cached["names"], cached["tta"]) != (ensemble.names, args.tta):
-            raise SystemExit(f"{args.cache}: cached for {cached['names']} with tta "
-                             f"{cached['tta']}, not the shipped members with tta {args.tta}")
-        frames = cached["frames"]
-    else:
-        frames = collect_validation_frames(ensemble, args.data)
-        if args.cache is not None:
-            torch.save({"names": ensemble.names, "tta": args.tta, "frames": frames}, args.cache)
+    frames = cached_frames(args.cache, {"names": ensemble.names, "tta": args.tta},
+                           lambda: collect_validation_frames(ensemble, args.data))
 
     methods = ("best member", "mean", "per-class weights", "stacker")
     held_out: dict[str, list[dict]] = {m: [] for m in methods}
@@ -201,11 +194,7 @@ def main() -> int:
         lines.append(f"| {method} | " + " | ".join(f"{row[s]:.4f}" for s in STRUCTURES)
                      + f" | {row['mean']:.4f} | "
                      + f"{100 * (row['mean'] - mean['best member']['mean']):+.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text)
+    print_and_write(lines, args.report)
     return 0
 
 

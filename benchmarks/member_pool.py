@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -39,6 +38,7 @@ from CardiacEnsembleLib.members import WEIGHTS_FILE, verify_member  # noqa: E402
 from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
                                           collect_validation_frames, forward_selection,
                                           patient_folds, per_class_ascent, score_candidate)
+from validation_benchmark import cached_frames, print_and_write  # noqa: E402
 
 MODELS = DEFAULT_MODELS_DIR.relative_to(REPO).as_posix()
 MEMBER_FILES = ("config.json", "member.json", WEIGHTS_FILE)
@@ -153,15 +153,9 @@ def main() -> int:
         shipped_names = build_pool(pool, args.release, args.extra)
         entries = read_manifest(pool)["members"]  # the ensemble's member order
         names = [entry["name"] for entry in entries]
-        if args.cache is not None and args.cache.exists():  # no networks to load
-            cached = torch.load(args.cache, weights_only=False)
-            if cached["names"] != names:
-                raise SystemExit(f"{args.cache}: cached for {cached['names']}, not this pool")
-            frames = cached["frames"]
-        else:
-            frames = collect_validation_frames(load_ensemble(pool, device="cpu"), args.data)
-            if args.cache is not None:
-                torch.save({"names": names, "frames": frames}, args.cache)
+        frames = cached_frames(  # with a cache, no network is loaded
+            args.cache, {"names": names},
+            lambda: collect_validation_frames(load_ensemble(pool, device="cpu"), args.data))
     sizes = [entry["size_bytes"] / 1e6 for entry in entries]
     shipped = [names.index(n) for n in shipped_names]
     rivals = best_shipped_per_fold(frames, shipped, len(names))
@@ -193,11 +187,7 @@ def main() -> int:
                      + ", ".join(f"{n} ({w:.2f})" for n, w, _ in chosen)
                      + f" | {sum(s for *_, s in chosen):.1f} | {result['in_sample']:.4f} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(text)
+    print_and_write(lines, args.report)
     return 0
 
 
