@@ -34,6 +34,8 @@
 #            shipped member (0.893-0.914 with lcc).
 #   stage 9 (started; resumable): stage 8's second one-cycle schedule, as stage 2 was stage 1's, from
 #            its best epoch (35, 0.885), lr 5e-4, seed 12, 30 epochs, one thread; same name.
+#   stage 10 (started; resumable): a second independent draw on the other core, the best recipe
+#            (scSE U-Net++ 2.5D) from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8.
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -85,6 +87,11 @@ elif [[ "${1:-}" == "stage9" ]]; then
   train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 12 --epochs 30 \
         --iterations 100 --patch-size 128 --lr 5e-4 \
         --init-from "$runs/cpu16/unet25d-mnv2-s11/best" --out "$runs/cpu16/unet25d-mnv2-s11-ft"
+elif [[ "${1:-}" == "stage10" ]]; then
+  mkdir -p "$runs/cpu17"
+  train --version 1.5 --recipe unetpp-scse25d-mnv2 --name unetpp-scse25d-mnv2-s13 --seed 13 \
+        --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
+        --out "$runs/cpu17/unetpp-scse25d-mnv2-s13"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
