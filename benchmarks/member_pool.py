@@ -2,9 +2,10 @@
 
 The library ("pool") is the shipped members, the members of earlier releases (read back from
 git history, so reusing one would add no new blob to the repository) and any candidate run
-folders given with --extra. Greedy forward selection (`selection.forward_selection`) picks
-members and weights three ways: from the shipped members only, from the whole pool within the
-40 MB shipping budget, and from the whole pool with no budget. Each is scored the way the
+folders given with --extra (a run's best/, stored in the pool as fp16, as `ship` would).
+Greedy forward selection (`selection.forward_selection`) picks members and weights three ways:
+from the shipped members only, from the whole pool within the 40 MB shipping budget, and from
+the whole pool with no budget. Each is scored the way the
 shipped choice is judged: fitted on half the validation patients and scored, with the
 largest-component clean-up, on the other half (2 folds by patient), beside the best shipped
 member with the same clean-up on the same half. With --per-class the weights of the members
@@ -13,6 +14,8 @@ decides a release. Test patients are never read.
 
     .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --release bb05a5e \
         --per-class --no-unbounded --report reports/member_pool.md
+    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --per-class \
+        --extra runs/cpu16/unet25d-mnv2-s11-ft/best --report reports/member_pool_s11.md
 
 Member probabilities on the 40 validation frames take about 20 s per member on 2 cores;
 --cache keeps them (about 0.1 GB per member) for a rerun with other settings.
@@ -34,7 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from CardiacEnsembleLib.ensemble import (DEFAULT_MODELS_DIR, load_ensemble,  # noqa: E402
                                          read_manifest, write_manifest)
-from CardiacEnsembleLib.members import WEIGHTS_FILE, verify_member  # noqa: E402
+from CardiacEnsembleLib.members import (WEIGHTS_FILE, load_member,  # noqa: E402
+                                         save_member)
 from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
                                           collect_validation_frames, forward_selection,
                                           patient_folds, per_class_ascent, score_candidate)
@@ -70,17 +74,19 @@ def _git_show(commit: str, path: str, binary: bool = False):
 
 
 def build_pool(pool: Path, releases: list[str], extras: list[Path]) -> list[str]:
-    """The shipped members, then each release's, then the extras; returns the shipped names."""
+    """The shipped members, then each release's, then the extras; returns the shipped names.
+    Extras are stored as fp16, as `ship` would store them, so a run's fp32 best/ is counted at
+    its shipping size and scored the way it would ship."""
     shipped = read_manifest(DEFAULT_MODELS_DIR)
     for entry in shipped["members"]:
         shutil.copytree(DEFAULT_MODELS_DIR / entry["folder"], pool / entry["name"])
     for commit in releases:
         release_members(commit, pool)
     for extra in extras:
-        name = verify_member(extra).name
-        if (pool / name).exists():
-            raise SystemExit(f"{extra}: a member named {name!r} is already in the pool")
-        shutil.copytree(extra, pool / name)
+        member = load_member(extra)
+        if (pool / member.name).exists():
+            raise SystemExit(f"{extra}: a member named {member.name!r} is already in the pool")
+        save_member(member.network, member.spec, pool / member.name, half=True)
     folders = sorted(p for p in pool.iterdir() if (p / "member.json").exists())
     write_manifest(pool, folders, name="member-pool", version="0")
     return [entry["name"] for entry in shipped["members"]]
