@@ -32,10 +32,16 @@
 #            (best 0.864), too weak beside the CNNs to be worth its core. At epoch 29 (0.876 raw,
 #            0.890 with lcc) benchmarks/member_pool.py did not pick it: still weaker than every
 #            shipped member (0.893-0.914 with lcc).
-#   stage 9 (started; resumable): stage 8's second one-cycle schedule, as stage 2 was stage 1's, from
-#            its best epoch (35, 0.885), lr 5e-4, seed 12, 30 epochs, one thread; same name.
+#   stage 9: stage 8's second one-cycle schedule, as stage 2 was stage 1's, from its best epoch
+#            (35, 0.885), lr 5e-4, seed 12, 30 epochs, one thread; same name. Best 0.891 at epoch
+#            22 (shipped unet25d-mnv2: 0.901), about 160 s per epoch beside stage 10. With lcc
+#            0.897; benchmarks/member_pool.py --per-class takes it in the LinkNet's place, but the
+#            held-out Dice stays put (0.9178 against 0.9179: reports/member_pool_s11.md).
 #   stage 10 (started; resumable): a second independent draw on the other core, the best recipe
-#            (scSE U-Net++ 2.5D) from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8.
+#            (scSE U-Net++ 2.5D) from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8;
+#            200-350 s per epoch, so 40 epochs span sessions.
+#   stage 11 (started; resumable): a third independent draw, the plain U-Net++ 2.5D from
+#            scratch with seed 14 (unetpp25d-mnv2-s14), as stage 8; one thread beside stage 10.
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -92,6 +98,10 @@ elif [[ "${1:-}" == "stage10" ]]; then
   train --version 1.5 --recipe unetpp-scse25d-mnv2 --name unetpp-scse25d-mnv2-s13 --seed 13 \
         --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
         --out "$runs/cpu17/unetpp-scse25d-mnv2-s13"
+elif [[ "${1:-}" == "stage11" ]]; then
+  train --version 1.5 --recipe unetpp25d-mnv2 --name unetpp25d-mnv2-s14 --seed 14 \
+        --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
+        --out "$runs/cpu17/unetpp25d-mnv2-s14"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
