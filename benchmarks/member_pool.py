@@ -5,12 +5,11 @@ git history, so reusing one would add no new blob to the repository) and any can
 folders given with --extra (a run's best/, stored in the pool as fp16, as `ship` would).
 Greedy forward selection (`selection.forward_selection`) picks members and weights three ways:
 from the shipped members only, from the whole pool within the 40 MB shipping budget, and from
-the whole pool with no budget. Each is scored the way the
-shipped choice is judged: fitted on half the validation patients and scored, with the
-largest-component clean-up, on the other half (2 folds by patient), beside the best shipped
-member with the same clean-up on the same half. With --per-class the weights of the members
-chosen are then searched per class, as the shipped selection does: that is the comparison that
-decides a release. Test patients are never read.
+the whole pool with no budget. Each is scored the way the shipped choice is judged: fitted on
+half the validation patients and scored, with the largest-component clean-up, on the other half
+(2 folds by patient), beside the best shipped member with the same clean-up on the same half.
+With --per-class the weights of the members chosen are then searched per class, as the shipped
+selection does: that is the comparison that decides a release. Test patients are never read.
 
     .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --release bb05a5e \
         --per-class --no-unbounded --report reports/member_pool.md

@@ -16,36 +16,34 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import member_pool  # noqa: E402
 
 
-@pytest.fixture
-def fp32_run(tmp_path):
-    """A from-scratch draw's best/ folder as training writes it: fp32 weights, its own name."""
-    spec = recipe_spec("unet25d-mnv2", member_name="unet25d-mnv2-s99")
+def fp32_run(folder, member_name=""):
+    """A draw's best/ folder as training writes it: fp32 weights, named as asked."""
+    spec = recipe_spec("unet25d-mnv2", member_name=member_name)
     torch.manual_seed(0)
-    return save_member(create_network(spec), spec, tmp_path / "run" / "best").folder
+    return save_member(create_network(spec), spec, folder / "run" / "best").folder
 
 
-def test_an_extra_run_enters_the_pool_as_fp16_and_the_run_is_untouched(fp32_run, tmp_path):
-    before = (fp32_run / WEIGHTS_FILE).read_bytes()
+def test_an_extra_run_enters_the_pool_as_fp16_and_the_run_is_untouched(tmp_path):
+    run = fp32_run(tmp_path, "unet25d-mnv2-s99")
+    before = (run / WEIGHTS_FILE).read_bytes()
     pool = tmp_path / "pool"
     pool.mkdir()
-    shipped = member_pool.build_pool(pool, [], [fp32_run])
+    shipped = member_pool.build_pool(pool, [], [run])
     sizes = {e["name"]: e["size_bytes"] for e in read_manifest(pool)["members"]}
     assert "unet25d-mnv2-s99" in sizes and "unet25d-mnv2-s99" not in shipped
     # counted at its shipping size: about half the run's fp32 file, the size of the shipped
     # member of the same recipe
     assert sizes["unet25d-mnv2-s99"] < 0.55 * len(before)
     assert abs(sizes["unet25d-mnv2-s99"] - sizes["unet25d-mnv2"]) < 0.01 * sizes["unet25d-mnv2"]
-    pooled = load_member(pool / "unet25d-mnv2-s99")
-    original = load_member(fp32_run)
-    for key, value in original.network.state_dict().items():
+    pooled = load_member(pool / "unet25d-mnv2-s99").network.state_dict()
+    for key, value in load_member(run).network.state_dict().items():
         if value.is_floating_point():
-            assert torch.allclose(pooled.network.state_dict()[key], value, rtol=1e-3, atol=1e-4)
-    assert (fp32_run / WEIGHTS_FILE).read_bytes() == before
+            assert torch.allclose(pooled[key], value, rtol=1e-3, atol=1e-4)
+    assert (run / WEIGHTS_FILE).read_bytes() == before
 
 
 def test_an_extra_named_like_a_shipped_member_is_refused(tmp_path):
-    spec = recipe_spec("unet25d-mnv2")
-    run = save_member(create_network(spec), spec, tmp_path / "run" / "best").folder
+    run = fp32_run(tmp_path)
     pool = tmp_path / "pool"
     pool.mkdir()
     with pytest.raises(SystemExit, match="named 'unet25d-mnv2' is already in the pool"):
