@@ -42,6 +42,10 @@
 #            200-350 s per epoch, so 40 epochs span sessions.
 #   stage 11 (started; resumable): a third independent draw, the plain U-Net++ 2.5D from
 #            scratch with seed 14 (unetpp25d-mnv2-s14), as stage 8; one thread beside stage 10.
+#   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
+#            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs of
+#            about 200 s fit one session beside stage 11), one thread; same name.
+#   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
@@ -54,7 +58,7 @@ runs=${RUNS:-runs}
 device=${DEVICE:-auto}
 cli=.venv/bin/cardiac-ensemble
 train() { OMP_NUM_THREADS=1 nohup $cli -q train --data "$data" --threads 1 --device "$device" \
-            --version 1.0 "$@" > "$runs/$(basename "${@: -1}").log" 2>&1 & }
+            --version 1.0 "$@" >> "$runs/$(basename "${@: -1}").log" 2>&1 & }
 mkdir -p "$runs/interim" "$runs/v1"
 if [[ "${1:-}" == "stage3" ]]; then
   OMP_NUM_THREADS=2 nohup $cli -q train --data "$data" --threads 2 --device "$device" \
@@ -102,6 +106,11 @@ elif [[ "${1:-}" == "stage11" ]]; then
   train --version 1.5 --recipe unetpp25d-mnv2 --name unetpp25d-mnv2-s14 --seed 14 \
         --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
         --out "$runs/cpu17/unetpp25d-mnv2-s14"
+elif [[ "${1:-}" == "stage12" ]]; then
+  train --version 1.5 --recipe unetpp-scse25d-mnv2 --name unetpp-scse25d-mnv2-s13 --seed 15 \
+        --epochs 20 --iterations 100 --patch-size 128 --lr 5e-4 \
+        --init-from "$runs/cpu17/unetpp-scse25d-mnv2-s13/best" \
+        --out "$runs/cpu17/unetpp-scse25d-mnv2-s13-ft"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
