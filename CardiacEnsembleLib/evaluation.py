@@ -139,6 +139,20 @@ def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
         writer.writerows(asdict(row) for row in evaluation.scores)
 
 
+def read_scores_csv(path: Path) -> list[ScoreRow]:
+    """The rows `write_scores_csv` wrote, typed again: any summary of a finished evaluation (the
+    report's verdict, its confidence interval) can be recomputed without running a network."""
+    numeric = {"dice", "hd95_mm", "msd_mm", "seconds"}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(ScoreRow.__dataclass_fields__) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a scores.csv of `evaluate`; "
+                             f"missing column(s) {', '.join(sorted(missing))}")
+        return [ScoreRow(**{k: float(v) if k in numeric else v for k, v in row.items()})
+                for row in reader]
+
+
 def write_clinical_csv(evaluation: Evaluation, path: Path) -> None:
     rows = [{"patient": r.patient, "group": r.group, "method": r.method,
              **r.indices.as_dict()} for r in evaluation.clinical]
