@@ -43,22 +43,25 @@
 #   stage 11 (started; resumable): a third independent draw, the plain U-Net++ 2.5D from
 #            scratch with seed 14 (unetpp25d-mnv2-s14), as stage 8; one thread beside stage 10.
 #   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
-#            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs of
-#            about 200 s fit one session beside stage 11), one thread; same name.
+#            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs fit
+#            one session), same name. Stages 10 (from epoch 27) and 12 ran alone with THREADS=2
+#            (163 s per epoch against 175-200 s on one thread beside stage 11), stage 11 paused, so
+#            that the draw could be judged within the session.
 #   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
-# One thread per run and all four runs at once use two cores fully; on a GPU pass
-# DEVICE=cuda and larger EPOCHS.
+# One thread per run and all four runs at once use two cores fully; a run alone on the machine
+# may take both with THREADS=2 (stage 12 did); on a GPU pass DEVICE=cuda and larger EPOCHS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${ACDC_ROOT:-../shared/acdc}
 runs=${RUNS:-runs}
 device=${DEVICE:-auto}
 cli=.venv/bin/cardiac-ensemble
-train() { OMP_NUM_THREADS=1 nohup $cli -q train --data "$data" --threads 1 --device "$device" \
-            --version 1.0 "$@" >> "$runs/$(basename "${@: -1}").log" 2>&1 & }
+threads=${THREADS:-1}
+train() { OMP_NUM_THREADS=$threads nohup $cli -q train --data "$data" --threads "$threads" \
+            --device "$device" --version 1.0 "$@" >> "$runs/$(basename "${@: -1}").log" 2>&1 & }
 mkdir -p "$runs/interim" "$runs/v1"
 if [[ "${1:-}" == "stage3" ]]; then
   OMP_NUM_THREADS=2 nohup $cli -q train --data "$data" --threads 2 --device "$device" \
