@@ -37,16 +37,19 @@
 #            22 (shipped unet25d-mnv2: 0.901), about 160 s per epoch beside stage 10. With lcc
 #            0.897; benchmarks/member_pool.py --per-class takes it in the LinkNet's place, but the
 #            held-out Dice stays put (0.9178 against 0.9179: reports/member_pool_s11.md).
-#   stage 10 (started; resumable): a second independent draw on the other core, the best recipe
-#            (scSE U-Net++ 2.5D) from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8;
-#            200-350 s per epoch, so 40 epochs span sessions.
+#   stage 10: a second independent draw on the other core, the best recipe (scSE U-Net++ 2.5D)
+#            from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8; 200-350 s per
+#            epoch beside stage 9, so its 40 epochs spanned sessions. Best 0.8735 at epoch 32.
 #   stage 11 (started; resumable): a third independent draw, the plain U-Net++ 2.5D from
 #            scratch with seed 14 (unetpp25d-mnv2-s14), as stage 8; one thread beside stage 10.
 #   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
 #            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs fit
-#            one session), same name. Stages 10 (from epoch 27) and 12 ran alone with THREADS=2
-#            (163 s per epoch against 175-200 s on one thread beside stage 11), stage 11 paused, so
-#            that the draw could be judged within the session.
+#            one session), same name. Best 0.8831 at epoch 12 (shipped scSE U-Net++: 0.9005).
+#            benchmarks/member_pool.py --per-class adds it to four shipped members: held-out
+#            0.9184 against 0.9179, within noise (reports/member_pool_s13.md); no release.
+#            Stages 10 (from epoch 27) and 12 ran alone with THREADS=2, stage 11 paused, so the
+#            draw could be judged within the session: 102-130 s per epoch, against 175-200 s on
+#            one thread beside another run (two runs on one thread each still do more per hour).
 #   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
