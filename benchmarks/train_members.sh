@@ -40,8 +40,8 @@
 #   stage 10: a second independent draw on the other core, the best recipe (scSE U-Net++ 2.5D)
 #            from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8; 200-350 s per
 #            epoch beside stage 9, so its 40 epochs spanned sessions. Best 0.8735 at epoch 32.
-#   stage 11 (started; resumable): a third independent draw, the plain U-Net++ 2.5D from
-#            scratch with seed 14 (unetpp25d-mnv2-s14), as stage 8; one thread beside stage 10.
+#   stage 11 (resumable): a third independent draw, the plain U-Net++ 2.5D from scratch with
+#            seed 14 (unetpp25d-mnv2-s14), as stage 8.
 #   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
 #            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs fit
 #            one session), same name. Best 0.8831 at epoch 12 (shipped scSE U-Net++: 0.9005).
@@ -50,6 +50,9 @@
 #            Stages 10 (from epoch 27) and 12 ran alone with THREADS=2, stage 11 paused, so the
 #            draw could be judged within the session: 102-130 s per epoch, against 175-200 s on
 #            one thread beside another run (two runs on one thread each still do more per hour).
+#   stage 13: stage 11's second one-cycle schedule, as stage 12 is stage 10's (lr 5e-4, seed 16,
+#            20 epochs, same name). Stage 11 ran alone with THREADS=2 from its epoch 1: 62-65 s
+#            per epoch (the scSE blocks make stage 12's twice that).
 #   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
@@ -117,6 +120,11 @@ elif [[ "${1:-}" == "stage12" ]]; then
         --epochs 20 --iterations 100 --patch-size 128 --lr 5e-4 \
         --init-from "$runs/cpu17/unetpp-scse25d-mnv2-s13/best" \
         --out "$runs/cpu17/unetpp-scse25d-mnv2-s13-ft"
+elif [[ "${1:-}" == "stage13" ]]; then
+  train --version 1.5 --recipe unetpp25d-mnv2 --name unetpp25d-mnv2-s14 --seed 16 \
+        --epochs 20 --iterations 100 --patch-size 128 --lr 5e-4 \
+        --init-from "$runs/cpu17/unetpp25d-mnv2-s14/best" \
+        --out "$runs/cpu17/unetpp25d-mnv2-s14-ft"
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
