@@ -24,21 +24,21 @@ KEYS = list(STRUCTURES) + ["mean"]
 
 
 @pytest.fixture(scope="module")
-def test_split() -> Evaluation:
+def split_scores() -> Evaluation:
     rows = read_scores_csv(SCORES)
     return Evaluation(scores=rows, methods=list(dict.fromkeys(r.method for r in rows)))
 
 
 @pytest.fixture(scope="module")
-def members(test_split) -> list[str]:
-    return [m for m in test_split.methods if not m.startswith("ensemble") and m.endswith("+lcc")]
+def members(split_scores) -> list[str]:
+    return [m for m in split_scores.methods if not m.startswith("ensemble") and m.endswith("+lcc")]
 
 
-def test_scores_csv_reads_back_exactly_what_evaluate_wrote(test_split, tmp_path):
+def test_scores_csv_reads_back_exactly_what_evaluate_wrote(split_scores, tmp_path):
     copy = tmp_path / "scores.csv"
-    write_scores_csv(test_split, copy)
-    assert read_scores_csv(copy) == test_split.scores
-    assert len(test_split.scores) == 40 * 2 * len(test_split.methods) * len(STRUCTURES)
+    write_scores_csv(split_scores, copy)
+    assert read_scores_csv(copy) == split_scores.scores
+    assert len(split_scores.scores) == 40 * 2 * len(split_scores.methods) * len(STRUCTURES)
 
 
 def test_a_csv_that_is_not_scores_is_refused_by_name():
@@ -47,39 +47,39 @@ def test_a_csv_that_is_not_scores_is_refused_by_name():
         read_scores_csv(clinical)
 
 
-def test_committed_report_states_the_verdict_its_scores_give(test_split, members):
-    lines = headline(test_split, SHIPPED, members)
+def test_committed_report_states_the_verdict_its_scores_give(split_scores, members):
+    lines = headline(split_scores, SHIPPED, members)
     report = REPORT.read_text().splitlines()
     missing = [line for line in lines if line and line not in report]
     assert not missing, f"{REPORT.name} is stale; rerun the command it names: {missing}"
 
 
-def test_interval_brackets_the_point_gain_on_the_test_split(test_split, members):
-    rival = best_member(test_split, members)
-    ours, theirs = mean_dice(test_split, SHIPPED), mean_dice(test_split, rival)
-    interval = gain_interval(test_split, SHIPPED, rival)
+def test_interval_brackets_the_point_gain_on_the_test_split(split_scores, members):
+    rival = best_member(split_scores, members)
+    ours, theirs = mean_dice(split_scores, SHIPPED), mean_dice(split_scores, rival)
+    interval = gain_interval(split_scores, SHIPPED, rival)
     for key in KEYS:
         low, high = interval[key]
         assert low < 100 * (ours[key] - theirs[key]) < high, key
         assert high - low > 0.05, key  # 40 patients cannot pin a gain to a twentieth of a point
-    wider = gain_interval(test_split, SHIPPED, rival, confidence=0.99)
+    wider = gain_interval(split_scores, SHIPPED, rival, confidence=0.99)
     assert all(wider[k][0] < interval[k][0] and wider[k][1] > interval[k][1] for k in KEYS)
-    assert gain_interval(test_split, SHIPPED, rival) == interval  # seeded
+    assert gain_interval(split_scores, SHIPPED, rival) == interval  # seeded
 
 
-def test_interval_collapses_when_every_patient_gains_the_same(test_split, members):
-    rival = best_member(test_split, members)
+def test_interval_collapses_when_every_patient_gains_the_same(split_scores, members):
+    rival = best_member(split_scores, members)
     lifted = [dataclasses.replace(r, method="lifted", dice=r.dice + 0.01)
-              for r in test_split.scores if r.method == rival]
-    evaluation = Evaluation(scores=test_split.scores + lifted)
+              for r in split_scores.scores if r.method == rival]
+    evaluation = Evaluation(scores=split_scores.scores + lifted)
     for key, (low, high) in gain_interval(evaluation, "lifted", rival).items():
         assert low == pytest.approx(1.0) and high == pytest.approx(1.0), key
     assert set(gain_interval(evaluation, rival, rival).values()) == {(0.0, 0.0)}
 
 
-def test_interval_refuses_methods_scored_on_different_patients(test_split, members):
-    rival = best_member(test_split, members)
-    fewer = [dataclasses.replace(r, method="partial") for r in test_split.scores
+def test_interval_refuses_methods_scored_on_different_patients(split_scores, members):
+    rival = best_member(split_scores, members)
+    fewer = [dataclasses.replace(r, method="partial") for r in split_scores.scores
              if r.method == rival and r.patient != "patient101"]
     with pytest.raises(ValueError, match="different patients"):
-        gain_interval(Evaluation(scores=test_split.scores + fewer), "partial", rival)
+        gain_interval(Evaluation(scores=split_scores.scores + fewer), "partial", rival)
