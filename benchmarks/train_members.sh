@@ -69,6 +69,10 @@ threads=${THREADS:-1}
 train() { OMP_NUM_THREADS=$threads nohup $cli -q train --data "$data" --threads "$threads" \
             --device "$device" --version 1.0 "$@" >> "$runs/$(basename "${@: -1}").log" 2>&1 & }
 mkdir -p "$runs/interim" "$runs/v1"
+# One block, parsed whole before any of it runs, ending in exit: bash reads a script as it goes,
+# so editing this file while a stage waits on its runs once made the waiting shell resume at a
+# stale offset and start a duplicate run when its run ended.
+{
 if [[ "${1:-}" == "stage3" ]]; then
   OMP_NUM_THREADS=2 nohup $cli -q train --data "$data" --threads 2 --device "$device" \
     --version 1.1 --recipe unetpp-mnv2 --epochs 32 --iterations 100 --patch-size 128 --lr 1e-3 \
@@ -140,3 +144,5 @@ else
         --out "$runs/v1/deeplabv3plus-mnv2"
 fi
 wait
+exit
+}
