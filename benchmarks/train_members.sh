@@ -68,6 +68,14 @@ cli=.venv/bin/cardiac-ensemble
 threads=${THREADS:-1}
 train() { OMP_NUM_THREADS=$threads nohup $cli -q train --data "$data" --threads "$threads" \
             --device "$device" --version 1.0 "$@" >> "$runs/$(basename "${@: -1}").log" 2>&1 & }
+# An independent draw (stages 8, 10, 11): RECIPE NAME SEED FOLDER, from scratch, 40 epochs.
+draw() { train --version 1.5 --recipe "$1" --name "$2" --seed "$3" --epochs 40 --iterations 100 \
+               --patch-size 128 --lr 2e-3 --out "$runs/$4/$2"; }
+# A draw's second one-cycle schedule from its best epoch (stages 9, 12, 13):
+# RECIPE NAME SEED EPOCHS FOLDER; same member name, its own run folder NAME-ft.
+second_cycle() { train --version 1.5 --recipe "$1" --name "$2" --seed "$3" --epochs "$4" \
+                       --iterations 100 --patch-size 128 --lr 5e-4 \
+                       --init-from "$runs/$5/$2/best" --out "$runs/$5/$2-ft"; }
 mkdir -p "$runs/interim" "$runs/v1"
 # One block, parsed whole before any of it runs, ending in exit: bash reads a script as it goes,
 # so editing this file while a stage waits on its runs once made the waiting shell resume at a
@@ -104,31 +112,18 @@ elif [[ "${1:-}" == "stage7" ]]; then
         --lr 1e-3 --seed 6 --out "$runs/cpu15/segformer25d-mitb0"
 elif [[ "${1:-}" == "stage8" ]]; then
   mkdir -p "$runs/cpu16"
-  train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 11 --epochs 40 \
-        --iterations 100 --patch-size 128 --lr 2e-3 --out "$runs/cpu16/unet25d-mnv2-s11"
+  draw unet25d-mnv2 unet25d-mnv2-s11 11 cpu16
 elif [[ "${1:-}" == "stage9" ]]; then
-  train --version 1.5 --recipe unet25d-mnv2 --name unet25d-mnv2-s11 --seed 12 --epochs 30 \
-        --iterations 100 --patch-size 128 --lr 5e-4 \
-        --init-from "$runs/cpu16/unet25d-mnv2-s11/best" --out "$runs/cpu16/unet25d-mnv2-s11-ft"
+  second_cycle unet25d-mnv2 unet25d-mnv2-s11 12 30 cpu16
 elif [[ "${1:-}" == "stage10" ]]; then
   mkdir -p "$runs/cpu17"
-  train --version 1.5 --recipe unetpp-scse25d-mnv2 --name unetpp-scse25d-mnv2-s13 --seed 13 \
-        --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
-        --out "$runs/cpu17/unetpp-scse25d-mnv2-s13"
+  draw unetpp-scse25d-mnv2 unetpp-scse25d-mnv2-s13 13 cpu17
 elif [[ "${1:-}" == "stage11" ]]; then
-  train --version 1.5 --recipe unetpp25d-mnv2 --name unetpp25d-mnv2-s14 --seed 14 \
-        --epochs 40 --iterations 100 --patch-size 128 --lr 2e-3 \
-        --out "$runs/cpu17/unetpp25d-mnv2-s14"
+  draw unetpp25d-mnv2 unetpp25d-mnv2-s14 14 cpu17
 elif [[ "${1:-}" == "stage12" ]]; then
-  train --version 1.5 --recipe unetpp-scse25d-mnv2 --name unetpp-scse25d-mnv2-s13 --seed 15 \
-        --epochs 20 --iterations 100 --patch-size 128 --lr 5e-4 \
-        --init-from "$runs/cpu17/unetpp-scse25d-mnv2-s13/best" \
-        --out "$runs/cpu17/unetpp-scse25d-mnv2-s13-ft"
+  second_cycle unetpp-scse25d-mnv2 unetpp-scse25d-mnv2-s13 15 20 cpu17
 elif [[ "${1:-}" == "stage13" ]]; then
-  train --version 1.5 --recipe unetpp25d-mnv2 --name unetpp25d-mnv2-s14 --seed 16 \
-        --epochs 20 --iterations 100 --patch-size 128 --lr 5e-4 \
-        --init-from "$runs/cpu17/unetpp25d-mnv2-s14/best" \
-        --out "$runs/cpu17/unetpp25d-mnv2-s14-ft"
+  second_cycle unetpp25d-mnv2 unetpp25d-mnv2-s14 16 20 cpu17
 elif [[ "${1:-}" == "stage1" ]]; then
   for recipe in unet-mnv2 linknet-mnv2 fpn-mnv2; do
     train --recipe $recipe --epochs 20 --iterations 80 --patch-size 160 --lr 2e-3 \
