@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -142,7 +142,7 @@ def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
 def read_scores_csv(path: Path) -> list[ScoreRow]:
     """The rows `write_scores_csv` wrote, typed again: any summary of a finished evaluation (the
     report's verdict, its confidence interval) can be recomputed without running a network."""
-    numeric = {"dice", "hd95_mm", "msd_mm", "seconds"}
+    numeric = {f.name for f in fields(ScoreRow) if f.type == "float"}
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = set(ScoreRow.__dataclass_fields__) - set(reader.fieldnames or ())

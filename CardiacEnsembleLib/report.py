@@ -52,12 +52,11 @@ def gain_interval(evaluation: Evaluation, ours: str, theirs: str, confidence: fl
     scores give the same interval.
     """
     def per_patient(method: str) -> dict[str, np.ndarray]:
-        rows = [r for r in evaluation.scores if r.method == method]
-        patients = sorted({r.patient for r in rows})
-        table = np.array([[np.mean([r.dice for r in rows
-                                    if r.patient == p and r.structure == s])
-                           for s in STRUCTURES] for p in patients])
-        return dict(zip(patients, table))
+        dice: dict[str, dict[str, list[float]]] = {}
+        for r in evaluation.scores:
+            if r.method == method:
+                dice.setdefault(r.patient, {}).setdefault(r.structure, []).append(r.dice)
+        return {p: np.array([np.mean(by[s]) for s in STRUCTURES]) for p, by in dice.items()}
     a, b = per_patient(ours), per_patient(theirs)
     if set(a) != set(b):
         raise ValueError(f"{ours} and {theirs} were scored on different patients")

@@ -3,6 +3,7 @@ so a run's fp32 best/ folder must enter the pool as fp16 without touching the ru
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from CardiacEnsembleLib.ensemble import read_manifest
 from CardiacEnsembleLib.members import WEIGHTS_FILE, create_network, load_member, save_member
 from CardiacEnsembleLib.recipes import recipe_spec
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import member_pool  # noqa: E402
 
