@@ -21,7 +21,7 @@ from .ensemble import Ensemble
 from .fusion import FUSION_RULES
 from .inference import CancelToken, Progress
 from .metrics import ClinicalIndices, clinical_indices, score_labels
-from .postprocess import apply_steps, lone_member_steps, variant_name
+from .postprocess import apply_steps, rival_member_steps, variant_name
 
 
 @dataclass
@@ -63,11 +63,10 @@ def shipped_method(ensemble: Ensemble) -> str:
 
 
 def member_methods(ensemble: Ensemble) -> list[str]:
-    """Each member as the network produces it, then (when the ensemble cleans up its output)
-    each member with the steps a lone member can use: the rivals the ensemble must beat."""
-    lone = lone_member_steps(ensemble.postprocess)
-    variants = [()] + ([lone] if lone else [])
-    return [m + variant_name(v) for v in variants for m in ensemble.names]
+    """Each member as the network produces it, then with the clean-ups a lone member can use
+    (`postprocess.rival_member_steps`): the rivals the ensemble must beat."""
+    return [m + variant_name(v) for v in rival_member_steps(ensemble.postprocess)
+            for m in ensemble.names]
 
 
 def default_rules(ensemble: Ensemble) -> list[str]:
@@ -79,16 +78,15 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
              cancel: Optional[CancelToken] = None) -> Evaluation:
     """Members and fusion rules on the ED and ES frames of `patients` (ground truth needed).
 
-    Each is scored as the networks produce it; when the ensemble has post-processing, members
-    and rules are scored again with it (members with the steps a lone member can use), so the
-    clean-up's effect is measured, and the best member gets the same help as the ensemble.
+    Each is scored as the networks produce it; when the ensemble has post-processing, rules are
+    scored again with it, so the clean-up's effect is measured. Members are always scored with
+    the clean-ups a lone member can use too, so the best member gets every help it could.
     """
     rules = list(rules or default_rules(ensemble))
     if "weighted" in rules and ensemble.weights is None:
         raise ValueError("the 'weighted' rule needs ensemble weights (none in the manifest)")
     variants = [()] + ([ensemble.postprocess] if ensemble.postprocess else [])
-    lone = lone_member_steps(ensemble.postprocess)
-    member_variants = [()] + ([lone] if lone else [])
+    member_variants = rival_member_steps(ensemble.postprocess)
     methods = member_methods(ensemble) + [ensemble_method(r, v) for v in variants for r in rules]
     result = Evaluation(methods=methods)
     total = len(patients) * len(PHASES)

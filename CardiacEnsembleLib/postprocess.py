@@ -47,6 +47,17 @@ def lone_member_steps(steps: Sequence[str]) -> tuple[str, ...]:
     return tuple(s for s in check_steps(steps) if s != "gate")
 
 
+def rival_member_steps(steps: Sequence[str]) -> list[tuple[str, ...]]:
+    """The post-processing variants each lone member is scored with when it is the rival an
+    ensemble shipping `steps` must beat: raw, largest component, and the lone part of `steps`.
+
+    Why always the largest component, even when the ensemble ships without it: a single network
+    plus that clean-up is a pipeline anyone can run, so the best member is taken over all of
+    these, and an ensemble cannot win its comparison by dropping a clean-up its rival needs."""
+    variants = [(), ("lcc",), lone_member_steps(steps)]
+    return [v for i, v in enumerate(variants) if v not in variants[:i]]
+
+
 def variant_name(steps: Sequence[str]) -> str:
     """A short tag for method names: "" for none, else "+lcc", "+gate", "+lcc+heart", ..."""
     return "".join(f"+{s}" for s in check_steps(steps))

@@ -5,7 +5,8 @@ on half the validation patients and scored with the largest-component clean-up (
 other half (2 folds by patient), beside the best member with the same clean-up on that half:
 
 * the plain mean (fits nothing);
-* per-class weights, the shipped selection's own searches (`selection.run_searches`);
+* per-class weights, the shipped selection's own searches (`selection.run_searches`; the
+  per-class search from the member-level answer, the one release 1.4 used);
 * a learned stacker (Wolpert 1992): a small residual CNN on all members' log-probabilities that
   corrects the mean's log-probabilities from a 33 px (50 mm) neighbourhood. It can learn anything a
   weighting can and more (which member to trust where, boundary shifts), so if it does not beat
@@ -170,7 +171,7 @@ def main() -> int:
         started = time.perf_counter()
         members = [lcc_scores(scored, one_member(i)) for i in range(len(ensemble.names))]
         fusers = {"mean": weighted(None),
-                  "per-class weights": weighted(run_searches(fitting)[-1].weights),
+                  "per-class weights": weighted(run_searches(fitting)[2].weights),
                   "stacker": fit_stacker(fitting, args.stacker_steps)}
         held_out["best member"].append(max(members, key=lambda s: s["mean"]))
         for method, fuser in fusers.items():

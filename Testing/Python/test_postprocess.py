@@ -7,7 +7,7 @@ import pytest
 from CardiacEnsembleLib.acdc import PatientFolder
 from CardiacEnsembleLib.postprocess import (apply_steps, gate_empty_slices,
                                             keep_largest_components, keep_largest_heart,
-                                            variant_name)
+                                            rival_member_steps, variant_name)
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,12 @@ def test_steps_are_checked_and_named(truth):
         apply_steps(truth, ["gate"])
     with pytest.raises(ValueError, match="member labels must be shaped"):
         gate_empty_slices(truth, truth)
+
+
+def test_a_rival_member_always_gets_the_largest_component_clean_up():
+    """An ensemble shipping no clean-up still meets members with one: it cannot win its
+    comparison by dropping a step its rival needs. Gating is never a lone member's."""
+    assert rival_member_steps(()) == [(), ("lcc",)]
+    assert rival_member_steps(("lcc",)) == [(), ("lcc",)]
+    assert rival_member_steps(("gate",)) == [(), ("lcc",)]
+    assert rival_member_steps(("lcc", "gate", "heart")) == [(), ("lcc",), ("lcc", "heart")]

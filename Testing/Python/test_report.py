@@ -13,13 +13,17 @@ from pathlib import Path
 import pytest
 
 from CardiacEnsembleLib.case import STRUCTURES
-from CardiacEnsembleLib.evaluation import Evaluation, read_scores_csv, write_scores_csv
+from CardiacEnsembleLib.ensemble import read_manifest
+from CardiacEnsembleLib.evaluation import (Evaluation, ensemble_method, read_scores_csv,
+                                           write_scores_csv)
+from CardiacEnsembleLib.postprocess import rival_member_steps, variant_name
 from CardiacEnsembleLib.report import best_member, gain_interval, headline, mean_dice
 
 REPO = Path(__file__).resolve().parents[2]
 SCORES = REPO / "reports" / "acdc_test" / "scores.csv"
 REPORT = REPO / "reports" / "acdc_test.md"
-SHIPPED = "ensemble-weighted+lcc"
+MANIFEST = read_manifest()  # the shipped ensemble the report was made of
+SHIPPED = ensemble_method(MANIFEST["fusion"], MANIFEST["postprocess"])
 KEYS = list(STRUCTURES) + ["mean"]
 
 
@@ -31,7 +35,12 @@ def split_scores() -> Evaluation:
 
 @pytest.fixture(scope="module")
 def members(split_scores) -> list[str]:
-    return [m for m in split_scores.methods if not m.startswith("ensemble") and m.endswith("+lcc")]
+    """The rivals as `evaluate` defines them: every member, raw and with a lone clean-up."""
+    names = [member["name"] for member in MANIFEST["members"]]
+    rivals = [n + variant_name(v) for v in rival_member_steps(MANIFEST["postprocess"])
+              for n in names]
+    assert set(rivals) <= set(split_scores.methods), "the report is not of the shipped members"
+    return rivals
 
 
 def test_scores_csv_reads_back_exactly_what_evaluate_wrote(split_scores, tmp_path):
