@@ -9,12 +9,19 @@ the whole pool with no budget. Each is scored the way the shipped choice is judg
 half the validation patients and scored, with the largest-component clean-up, on the other half
 (2 folds by patient), beside the best shipped member with the same clean-up on the same half.
 With --per-class the weights of the members chosen are then searched per class, as the shipped
-selection does: that is the comparison that decides a release. Test patients are never read.
+selection does: that is the comparison that decides a release. With --set (repeatable) fixed
+member sets are scored the same way, with no forward selection: the plain mean, and per-class
+weights searched from equal weights (the fourth of the shipped selection's searches); a set
+fits nothing in its choice of members, so its held-out Dice is not flattered by the pool's
+size. Test patients are never read.
 
     .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --release bb05a5e \
         --per-class --no-unbounded --report reports/member_pool.md
     .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --per-class \
         --extra runs/cpu16/unet25d-mnv2-s11-ft/best --report reports/member_pool_s11.md
+    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --no-selection \
+        --extra runs/cpu17/unetpp25d-mnv2-s14-ft/best \
+        --set fpn25d-mnv2 unet25d-mnv2 unetpp25d-mnv2 unetpp-scse25d-mnv2 unetpp25d-mnv2-s14
 
 Member probabilities on the 40 validation frames take about 20 s per member on 2 cores;
 --cache keeps them (about 0.1 GB per member) for a rerun with other settings.
@@ -126,6 +133,21 @@ def held_out(frames, sizes, budget, allowed, rivals, per_class: bool) -> dict:
             "weights": full, "in_sample": lcc_dice(frames, full)}
 
 
+def fixed_set(frames, members: list[int], rivals) -> dict:
+    """One member set, no selection: the mean, and per-class weights searched from equal
+    weights on one half and scored (+lcc) on the other."""
+    only = lambda part: [ValidationFrame(f.patient, f.phase, f.member_probs[members],  # noqa: E731
+                                         f.reference, f.spacing_zyx) for f in part]
+    equal = [1.0 / len(members)] * len(members)
+    mean, searched = [], []
+    for fitting, scored in patient_folds(frames):
+        mean.append(lcc_dice(only(scored), equal))
+        searched.append(lcc_dice(only(scored), per_class_ascent(only(fitting), equal).weights))
+    gain = lambda scores: 100 * float(np.mean(np.subtract(scores, rivals)))  # noqa: E731
+    return {"mean": float(np.mean(mean)), "mean gain": gain(mean),
+            "per-class": float(np.mean(searched)), "per-class gain": gain(searched)}
+
+
 def weight_of(weight) -> float:
     """One number for the table: a member's weight, or its mean weight over the classes."""
     return float(np.mean(weight)) if isinstance(weight, list) else weight
@@ -150,6 +172,10 @@ def main() -> int:
                              "members, as the shipped selection does (about 6 min per fit)")
     parser.add_argument("--no-unbounded", action="store_true",
                         help="skip the pool without a size budget")
+    parser.add_argument("--no-selection", action="store_true",
+                        help="skip forward selection (only the --set rows)")
+    parser.add_argument("--set", dest="sets", nargs="+", action="append", default=[],
+                        metavar="MEMBER", help="a fixed member set to score (repeatable)")
     parser.add_argument("--report", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
@@ -164,9 +190,14 @@ def main() -> int:
     sizes = [entry["size_bytes"] / 1e6 for entry in entries]
     shipped = [names.index(n) for n in shipped_names]
     rivals = best_shipped_per_fold(frames, shipped, len(names))
+    unknown = sorted({n for s in args.sets for n in s} - set(names))
+    if unknown:
+        raise SystemExit(f"--set names members not in the pool: {', '.join(unknown)} "
+                         f"(the pool: {', '.join(names)})")
     rows = [("shipped members", shipped, float("inf")),
             (f"pool within {args.budget_mb:g} MB", None, args.budget_mb),
             ("pool, no budget", None, float("inf"))][:2 if args.no_unbounded else 3]
+    rows = [] if args.no_selection else rows
     lines = [f"# Member pool on the validation split ({len(frames) // 2} patients, ED and ES)", "",
              "Produced by `python benchmarks/member_pool.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"Pool: {', '.join(f'{n} ({s:.1f} MB)' for n, s in zip(names, sizes))}.", "",
@@ -178,12 +209,13 @@ def main() -> int:
     method = ("forward selection (Caruana et al. 2004), then per-class coordinate ascent on "
               "the members it chose (the shipped selection's weights)" if args.per_class else
               "forward selection (Caruana et al. 2004; one weight per member)")
-    lines += ["", f"Weights: {method}, fitted on one half of the patients and scored + lcc on "
-              "the other half (2 folds); gain: over the best shipped member + lcc on the same "
-              "half, in Dice points. Chosen: the selection on all validation patients (per-class "
-              "weights shown as their mean).", "",
-              "| library | held-out Dice | gain (points) | chosen (weight) | MB | "
-              "in-sample Dice |", "|---|---|---|---|---|---|"]
+    if rows:
+        lines += ["", f"Weights: {method}, fitted on one half of the patients and scored + lcc on "
+                  "the other half (2 folds); gain: over the best shipped member + lcc on the same "
+                  "half, in Dice points. Chosen: the selection on all validation patients "
+                  "(per-class weights shown as their mean).", "",
+                  "| library | held-out Dice | gain (points) | chosen (weight) | MB | "
+                  "in-sample Dice |", "|---|---|---|---|---|---|"]
     for label, allowed, budget in rows:
         result = held_out(frames, sizes, budget, allowed, rivals, args.per_class)
         chosen = [(n, weight_of(w), s) for n, w, s in zip(names, result["weights"], sizes)
@@ -191,6 +223,20 @@ def main() -> int:
         lines.append(f"| {label} | {result['held_out']:.4f} | {result['gain']:+.2f} | "
                      + ", ".join(f"{n} ({w:.2f})" for n, w, _ in chosen)
                      + f" | {sum(s for *_, s in chosen):.1f} | {result['in_sample']:.4f} |")
+        print(lines[-1], flush=True)
+    if args.sets:
+        lines += ["", "Fixed sets: the plain mean, and per-class weights searched from equal "
+                  "weights on one half of the patients, each scored + lcc on the other half "
+                  "(2 folds); gain: over the best shipped member + lcc on the same half, in "
+                  "Dice points.", "",
+                  "| set | MB | mean: held-out Dice | gain | per-class: held-out Dice | gain |",
+                  "|---|---|---|---|---|---|"]
+    for members in args.sets:
+        indices = [names.index(n) for n in members]
+        scores = fixed_set(frames, indices, rivals)
+        lines.append(f"| {', '.join(members)} | {sum(sizes[i] for i in indices):.1f} | "
+                     f"{scores['mean']:.4f} | {scores['mean gain']:+.2f} | "
+                     f"{scores['per-class']:.4f} | {scores['per-class gain']:+.2f} |")
         print(lines[-1], flush=True)
     print_and_write(lines, args.report)
     return 0

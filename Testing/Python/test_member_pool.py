@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from CardiacEnsembleLib.acdc import PatientFolder
 from CardiacEnsembleLib.ensemble import read_manifest
 from CardiacEnsembleLib.members import WEIGHTS_FILE, create_network, load_member, save_member
 from CardiacEnsembleLib.recipes import recipe_spec
+from CardiacEnsembleLib.selection import ValidationFrame
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -49,3 +53,31 @@ def test_an_extra_named_like_a_shipped_member_is_refused(tmp_path):
     pool.mkdir()
     with pytest.raises(SystemExit, match="named 'unet25d-mnv2' is already in the pool"):
         member_pool.build_pool(pool, [], [run])
+
+
+def test_a_fixed_set_is_scored_held_out_and_its_weights_find_the_right_member(patient_dir):
+    """Member 0 is the truth, member 1 the truth shifted 8 px, on both patients: the mean of
+    the two errs, per-class weights fitted on one patient carry to the other (the same member
+    is right there too), and a set of the true member alone scores what the rival (that member
+    + lcc) scores: no gain."""
+    def soft(labels):
+        one_hot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), 4).permute(3, 0, 1, 2)
+        return one_hot.float() * 0.8 + 0.05
+
+    frames = []
+    for patient in ("patient001", "patient002"):
+        for phase in ("ED", "ES"):
+            case = PatientFolder.open(patient_dir(patient)).load(phase)
+            truth = case.labels.astype(np.uint8)
+            probs = torch.stack([soft(truth), soft(np.roll(truth, 8, axis=2))]).half()
+            frames.append(ValidationFrame(patient, phase, probs, torch.from_numpy(truth),
+                                          case.spacing_zyx))
+    rivals = member_pool.best_shipped_per_fold(frames, [0], members=2)  # the truth + lcc
+    alone = member_pool.fixed_set(frames, [0], rivals)
+    assert alone["mean"] == alone["per-class"] == pytest.approx(np.mean(rivals))
+    assert np.mean(rivals) > 0.99
+    assert alone["mean gain"] == alone["per-class gain"] == 0.0
+    pair = member_pool.fixed_set(frames, [0, 1], rivals)
+    assert pair["mean"] < np.mean(rivals) - 0.02
+    assert pair["per-class"] > pair["mean"] + 0.02
+    assert pair["per-class gain"] == pytest.approx(100 * (pair["per-class"] - np.mean(rivals)))
