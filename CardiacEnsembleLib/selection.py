@@ -58,6 +58,7 @@ POSTPROCESS_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("lcc",), ("gate",), ("
 #: A step is kept when it costs less than this much validation mean Dice (points of 0..1)
 #: while lowering mean HD95; Dice is the target, HD95 the tie-breaker.
 DICE_TOLERANCE = 0.001
+#: The fourth weight search's name (reports, manifests).
 EQUAL_START_METHOD = "per-class coordinate ascent from equal weights"
 
 
@@ -192,9 +193,9 @@ def run_searches(frames: Sequence[ValidationFrame], trials: int = 64, seed: int 
     per-class search again from equal weights.
 
     Why the fourth: on 10-patient halves the member-level searches fit noise, and a per-class
-    search started from their answer inherits it. From equal weights it held out better on
-    two member sets (+0.05 and +0.09 points, `benchmarks/member_pool.py`'s halves); which of
-    the four is used is still decided by held-out Dice (`select`)."""
+    search started from their answer inherits it. Which of the four is used is decided by
+    held-out Dice (`select`); on release candidate 1.5's members the fourth won, 0.9170
+    against 0.9168 (`reports/rejected_1.5/selection.md`)."""
     searches = [random_search(frames, trials, seed, cancel)]
     log(f"random search: {searches[0].dice:.4f} after {searches[0].evaluations} evaluations "
         f"({searches[0].seconds:.0f} s)")
