@@ -41,7 +41,7 @@
 #            from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8; 200-350 s per
 #            epoch beside stage 9, so its 40 epochs spanned sessions. Best 0.8735 at epoch 32.
 #   stage 11 (resumable): a third independent draw, the plain U-Net++ 2.5D from scratch with
-#            seed 14 (unetpp25d-mnv2-s14), as stage 8.
+#            seed 14 (unetpp25d-mnv2-s14), as stage 8. Best 0.8969 at epoch 32.
 #   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
 #            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs fit
 #            one session), same name. Best 0.8831 at epoch 12 (shipped scSE U-Net++: 0.9005).
@@ -51,8 +51,13 @@
 #            draw could be judged within the session: 102-130 s per epoch, against 175-200 s on
 #            one thread beside another run (two runs on one thread each still do more per hour).
 #   stage 13: stage 11's second one-cycle schedule, as stage 12 is stage 10's (lr 5e-4, seed 16,
-#            20 epochs, same name). Stage 11 ran alone with THREADS=2 from its epoch 1: 62-65 s
-#            per epoch (the scSE blocks make stage 12's twice that).
+#            20 epochs, same name). Stage 11 ran alone with THREADS=2 from its epoch 1: 62-85 s
+#            per epoch (the scSE blocks make stage 12's twice that). Best 0.9016 at epoch 14
+#            (shipped U-Net++: 0.902), the first draw as strong as its shipped twin; with lcc
+#            0.9041. Forward selection among all eight held out worse than among the shipped
+#            five (+0.20 against +0.36: reports/member_pool_s14.md), but as a fixed set in the
+#            LinkNet's place it held out better (reports/member_pool_sets.md): release
+#            candidate 1.5, which scored below 1.4 on test and was not shipped (README).
 #   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
 #            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
