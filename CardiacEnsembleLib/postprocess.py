@@ -54,8 +54,7 @@ def rival_member_steps(steps: Sequence[str]) -> list[tuple[str, ...]]:
     Why always the largest component, even when the ensemble ships without it: a single network
     plus that clean-up is a pipeline anyone can run, so the best member is taken over all of
     these, and an ensemble cannot win its comparison by dropping a clean-up its rival needs."""
-    variants = [(), ("lcc",), lone_member_steps(steps)]
-    return [v for i, v in enumerate(variants) if v not in variants[:i]]
+    return list(dict.fromkeys([(), ("lcc",), lone_member_steps(steps)]))  # in order, once each
 
 
 def variant_name(steps: Sequence[str]) -> str:

@@ -102,6 +102,17 @@ def lcc_dice(frames, weights) -> float:
     return score_candidate(frames, "pool", "weighted", weights, ("lcc",)).dice["mean"]
 
 
+def only(frames, members: list[int]) -> list:
+    """The frames with just `members`' probabilities, in that order."""
+    return [ValidationFrame(f.patient, f.phase, f.member_probs[members], f.reference,
+                            f.spacing_zyx) for f in frames]
+
+
+def gain_points(scores, rivals) -> float:
+    """Mean gain over the rival on each held-out half, in Dice points."""
+    return 100 * float(np.mean(np.subtract(scores, rivals)))
+
+
 def choose(frames, sizes, budget, allowed, per_class: bool) -> list:
     """Forward selection; with `per_class`, then the shipped procedure's per-class coordinate
     ascent on the members it chose (unchosen members keep weight 0 in every class)."""
@@ -109,9 +120,8 @@ def choose(frames, sizes, budget, allowed, per_class: bool) -> list:
     if not per_class:
         return weights
     chosen = [i for i, w in enumerate(weights) if w > 0]
-    only = [ValidationFrame(f.patient, f.phase, f.member_probs[chosen], f.reference,
-                            f.spacing_zyx) for f in frames]
-    table = dict(zip(chosen, per_class_ascent(only, [weights[i] for i in chosen]).weights))
+    table = dict(zip(chosen, per_class_ascent(only(frames, chosen),
+                                              [weights[i] for i in chosen]).weights))
     classes = frames[0].member_probs.shape[1]
     return [table.get(i, [0.0] * classes) for i in range(len(weights))]
 
@@ -129,23 +139,21 @@ def held_out(frames, sizes, budget, allowed, rivals, per_class: bool) -> dict:
               for fitting, scored in patient_folds(frames)]
     full = choose(frames, sizes, budget, allowed, per_class)
     return {"held_out": float(np.mean(scores)),
-            "gain": 100 * float(np.mean(np.subtract(scores, rivals))),
+            "gain": gain_points(scores, rivals),
             "weights": full, "in_sample": lcc_dice(frames, full)}
 
 
 def fixed_set(frames, members: list[int], rivals) -> dict:
     """One member set, no selection: the mean, and per-class weights searched from equal
     weights on one half and scored (+lcc) on the other."""
-    only = lambda part: [ValidationFrame(f.patient, f.phase, f.member_probs[members],  # noqa: E731
-                                         f.reference, f.spacing_zyx) for f in part]
     equal = [1.0 / len(members)] * len(members)
     mean, searched = [], []
     for fitting, scored in patient_folds(frames):
-        mean.append(lcc_dice(only(scored), equal))
-        searched.append(lcc_dice(only(scored), per_class_ascent(only(fitting), equal).weights))
-    gain = lambda scores: 100 * float(np.mean(np.subtract(scores, rivals)))  # noqa: E731
-    return {"mean": float(np.mean(mean)), "mean gain": gain(mean),
-            "per-class": float(np.mean(searched)), "per-class gain": gain(searched)}
+        scored = only(scored, members)
+        mean.append(lcc_dice(scored, equal))
+        searched.append(lcc_dice(scored, per_class_ascent(only(fitting, members), equal).weights))
+    return {"mean": float(np.mean(mean)), "mean gain": gain_points(mean, rivals),
+            "per-class": float(np.mean(searched)), "per-class gain": gain_points(searched, rivals)}
 
 
 def weight_of(weight) -> float:
