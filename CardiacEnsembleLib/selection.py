@@ -188,9 +188,11 @@ def weighted_mean_dice(frames: Sequence[ValidationFrame],
 
 def run_searches(frames: Sequence[ValidationFrame], trials: int = 64, seed: int = 0,
                  log: Callable[[str], None] = lambda line: None,
-                 cancel: Optional[CancelToken] = None) -> list[SearchResult]:
-    """The three searches in order, each started from the best answer so far, then the
-    per-class search again from equal weights.
+                 cancel: Optional[CancelToken] = None,
+                 from_equal: bool = True) -> list[SearchResult]:
+    """The three searches in order, each started from the best answer so far, then (unless
+    `from_equal` is False: callers that only want release 1.4's procedure) the per-class search
+    again from equal weights.
 
     Why the fourth: on 10-patient halves the member-level searches fit noise, and a per-class
     search started from their answer inherits it. Which of the four is used is decided by
@@ -206,6 +208,8 @@ def run_searches(frames: Sequence[ValidationFrame], trials: int = 64, seed: int 
     searches.append(per_class_ascent(frames, start, cancel=cancel))
     log(f"per-class coordinate ascent (from the better of those): {searches[2].dice:.4f} after "
         f"{searches[2].evaluations} evaluations ({searches[2].seconds:.0f} s)")
+    if not from_equal:
+        return searches
     members = frames[0].member_probs.shape[0]
     searches.append(per_class_ascent(frames, [1.0 / members] * members, cancel=cancel,
                                      method=EQUAL_START_METHOD))

@@ -170,8 +170,9 @@ def main() -> int:
     for fold, (fitting, scored) in enumerate(patient_folds(frames)):
         started = time.perf_counter()
         members = [lcc_scores(scored, one_member(i)) for i in range(len(ensemble.names))]
+        per_class = run_searches(fitting, from_equal=False)[-1].weights
         fusers = {"mean": weighted(None),
-                  "per-class weights": weighted(run_searches(fitting)[2].weights),
+                  "per-class weights": weighted(per_class),
                   "stacker": fit_stacker(fitting, args.stacker_steps)}
         held_out["best member"].append(max(members, key=lambda s: s["mean"]))
         for method, fuser in fusers.items():
