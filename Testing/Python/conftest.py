@@ -1,4 +1,7 @@
-"""Shared fixtures: where the real ACDC data is, and skips with a reason when it is not."""
+"""Shared fixtures: where the real ACDC data is, and skips with a reason when it is not.
+
+The release check (`Testing/Release`) and the research tests (`research/tests`) import these
+fixtures from here rather than keeping copies."""
 from __future__ import annotations
 
 import os
@@ -13,6 +16,21 @@ def acdc_root() -> Path | None:
     """The ACDC folder: $ACDC_ROOT, else ../shared/acdc beside the repository."""
     candidate = Path(os.environ.get("ACDC_ROOT", REPO_ROOT.parent / "shared" / "acdc"))
     return candidate if (candidate / "training").is_dir() else None
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread while a module runs, restored afterwards. Why: many small tensor
+    operations on a 2-core machine that anything else keeps busy run up to 10x slower on two
+    threads (each operation waits for the thread the other load has descheduled), while on an
+    idle machine one thread makes them only about 10% slower. Results do not depend on it. A
+    module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -42,9 +60,9 @@ def untrained_models(tmp_path_factory) -> Path:
     weights: fast, deterministic, for testing plumbing (not accuracy)."""
     import torch
 
-    from CardiacEnsembleLib.ensemble import write_manifest
-    from CardiacEnsembleLib.members import create_network, save_member
-    from CardiacEnsembleLib.recipes import recipe_spec
+    from CardiacEnsembleDev.release.ship import write_manifest
+    from CardiacEnsembleLib.inference.members import create_network, save_member
+    from CardiacEnsembleDev.training.recipes import recipe_spec
 
     root = tmp_path_factory.mktemp("models")
     folders = []
@@ -62,7 +80,7 @@ def untrained_models(tmp_path_factory) -> Path:
 def patients_read(monkeypatch) -> list[str]:
     """Ids of every patient whose frames get loaded during the test, for the split-leak tests:
     they must see train/validation ids only, whatever code path does the reading."""
-    from CardiacEnsembleLib import acdc as acdc_module
+    from CardiacEnsembleLib.io import acdc as acdc_module
 
     read: list[str] = []
     original = acdc_module.PatientFolder.load

@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.case import Case, CaseError
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleLib.core.case import Case, CaseError
 from CardiacEnsembleLib.cli import main
-from CardiacEnsembleLib.ensemble import load_ensemble
-from CardiacEnsembleLib.io import OutputExistsError, read_image, write_image
-from CardiacEnsembleLib.members import (
+from CardiacEnsembleLib.inference.ensemble import load_ensemble
+from CardiacEnsembleLib.io.images import OutputExistsError, read_image, write_image
+from CardiacEnsembleLib.inference.members import (
     MemberError,
     create_network,
     load_member,
@@ -36,7 +36,7 @@ from CardiacEnsembleLib.members import (
     sha256_of,
     verify_member,
 )
-from CardiacEnsembleLib.recipes import recipe_spec
+from CardiacEnsembleDev.training.recipes import recipe_spec
 
 PATIENT = "patient090"  # ED = frame 4, ES = frame 11; frames 154x224x7
 ED_FILE = "patient090_frame04.nii.gz"
@@ -47,14 +47,7 @@ UNTOUCHED = b"the user's own file: must survive byte for byte"
 
 # ------------------------------------------------------------------------ helpers
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One torch thread while this module runs (a busy 2-core machine runs 2 threads 4-6x
-    slower); restored afterwards. Results here do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def starts(text: str) -> str:
@@ -119,64 +112,94 @@ def existing(tmp_path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------ not an image
+# ------------------------------------------------------------------------ unreadable images
+# Each: (build the file from patient090's folder in tmp_path, the message as a regex of its
+# path). The library raises `CaseError` with the message; `segment` prints it as its one error
+# line and writes nothing.
 
-def test_text_file_is_not_an_image_for_the_library(tmp_path):
+def text_file(patient: Path, tmp_path: Path) -> Path:
     path = tmp_path / "notes.txt"
     path.write_text("ED: 4\n")
-    with pytest.raises(CaseError, match=starts(f"{path}: not a NIfTI or NRRD image (expected "
-                                               f"one of .nii, .nii.gz, ")):
-        read_image(path)
+    return path
 
 
-def test_text_file_is_refused_by_segment(untrained_models, tmp_path, capsys):
-    path = tmp_path / "notes.txt"
-    path.write_text("ED: 4\n")
-    code, err = run_cli(capsys, "segment", path, "-o", tmp_path / "seg.nii.gz",
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err == f"error: {path}: not a NIfTI or NRRD image (expected one of .nii, .nii.gz, " \
-                  f".nrrd, .nhdr, .mha, .mhd)\n"
-    assert not (tmp_path / "seg.nii.gz").exists()
-
-
-def test_garbage_named_nii_gz_cannot_be_read_as_nifti(tmp_path):
+def garbage_named_nii_gz(patient: Path, tmp_path: Path) -> Path:
     path = tmp_path / "frame.nii.gz"
     path.write_bytes(b"\x00\x01garbage, not gzip, not NIfTI" * 20)
-    with pytest.raises(CaseError, match=starts(f"{path}: cannot be read as NIfTI (") +
-                       "File .* is not a gzip file"):
-        read_image(path)
+    return path
 
 
-def test_garbage_named_nii_gz_is_refused_by_segment(untrained_models, tmp_path, capsys):
-    path = tmp_path / "frame.nii.gz"
-    path.write_bytes(b"\x00\x01garbage, not gzip, not NIfTI" * 20)
-    code, err = run_cli(capsys, "segment", path, "-o", tmp_path / "seg.nii.gz",
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err.startswith(f"error: {path}: cannot be read as NIfTI (")
-    assert not (tmp_path / "seg.nii.gz").exists()
-
-
-def test_gzip_of_garbage_named_nii_gz_cannot_be_read_as_nifti(tmp_path):
+def gzip_of_garbage(patient: Path, tmp_path: Path) -> Path:
     path = tmp_path / "frame.nii.gz"
     path.write_bytes(gzip.compress(b"not a NIfTI header" * 40))
-    with pytest.raises(CaseError, match=starts(f"{path}: cannot be read as NIfTI (")):
-        read_image(path)
+    return path
 
 
-def test_truncated_real_frame_cannot_be_read_as_nifti(patient, tmp_path):
+def truncated_frame(patient: Path, tmp_path: Path) -> Path:
     whole = (patient / ED_FILE).read_bytes()
     path = tmp_path / ED_FILE
     path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(CaseError, match=starts(f"{path}: cannot be read as NIfTI (")):
+    return path
+
+
+def zero_pixdim(patient: Path, tmp_path: Path) -> Path:
+    """Two real slices whose pixdim[1..3] (the voxel size) are 0 in the stored header bytes.
+
+    Written byte-wise because nibabel repairs zero pixdims on save as well as on load."""
+    small = crop_slices(patient / ED_FILE, tmp_path / "small.nii.gz")
+    raw = bytearray(gzip.decompress(small.read_bytes()))
+    assert struct.unpack("<i", raw[:4]) == (348,)  # a little-endian NIfTI-1 header
+    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1..3]; pixdim starts at byte 76
+    path = tmp_path / "nospacing.nii.gz"
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return path
+
+
+def cine_4d(patient: Path, tmp_path: Path) -> Path:
+    return write_cine(patient, tmp_path)[0]
+
+
+UNREADABLE = {
+    "text file": (text_file, lambda path: re.escape(
+        f"{path}: not a NIfTI or NRRD image (expected one of .nii, .nii.gz, .nrrd, .nhdr, "
+        f".mha, .mhd)") + "$"),
+    "garbage named .nii.gz": (garbage_named_nii_gz, lambda path: re.escape(
+        f"{path}: cannot be read as NIfTI (") + "File .* is not a gzip file"),
+    "gzip of garbage": (gzip_of_garbage, lambda path: re.escape(
+        f"{path}: cannot be read as NIfTI (")),
+    "truncated frame": (truncated_frame, lambda path: re.escape(
+        f"{path}: cannot be read as NIfTI (")),
+    "no voxel spacing": (zero_pixdim, lambda path: re.escape(
+        f"{path}: voxel spacing is missing or invalid")),
+    "4D where a frame is expected": (cine_4d, lambda path: re.escape(
+        f"{path}: is a 4D image (3 frames) where one 3D frame is expected; pick a frame (e.g. "
+        f"the ED or ES file, or --frame N)") + "$"),
+}
+
+
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_an_unreadable_image_is_refused_by_the_library(kind, patient, tmp_path):
+    build, message = UNREADABLE[kind]
+    path = build(patient, tmp_path)
+    with pytest.raises(CaseError, match="^" + message(path)):
         read_image(path)
 
 
-# ------------------------------------------------------------------------ 4D where 3D is expected
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_an_unreadable_image_is_refused_by_segment(kind, patient, untrained_models, tmp_path,
+                                                   capsys):
+    build, message = UNREADABLE[kind]
+    path = build(patient, tmp_path)
+    out = tmp_path / "seg.nii.gz"
+    code, err = run_cli(capsys, "segment", path, "-o", out, *models_args(untrained_models))
+    assert code == 2
+    assert re.match("error: " + message(path), err) and err.count("\n") == 1, err
+    assert not out.exists()
 
-@pytest.fixture
-def cine(patient, tmp_path) -> tuple[Path, list[np.ndarray]]:
+
+# ------------------------------------------------------------------------ a 4D cine
+
+def write_cine(patient: Path, tmp_path: Path) -> tuple[Path, list[np.ndarray]]:
     """A 3-frame 4D NIfTI built from real slices (ED, ES, ED; slices 3-4) and its frames as
     (x, y, z) arrays."""
     frames = [np.asarray(nib.load(str(patient / name)).dataobj)[:, :, 2:4]
@@ -188,11 +211,9 @@ def cine(patient, tmp_path) -> tuple[Path, list[np.ndarray]]:
     return path, frames
 
 
-def test_4d_file_is_refused_where_a_frame_is_expected(cine):
-    path, _ = cine
-    with pytest.raises(CaseError, match=starts(f"{path}: is a 4D image (3 frames) where one 3D "
-                                               f"frame is expected; pick a frame")):
-        read_image(path)
+@pytest.fixture
+def cine(patient, tmp_path) -> tuple[Path, list[np.ndarray]]:
+    return write_cine(patient, tmp_path)
 
 
 def test_4d_file_is_read_whole_when_allowed(cine):
@@ -202,137 +223,92 @@ def test_4d_file_is_read_whole_when_allowed(cine):
     assert np.array_equal(array[1], frames[1].transpose(2, 1, 0))
 
 
-def test_segment_refuses_a_4d_file_without_frame(cine, untrained_models, tmp_path, capsys):
-    path, _ = cine
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", path, "-o", out, *models_args(untrained_models))
-    assert code == 2
-    assert err.startswith(f"error: {path}: is a 4D image (3 frames) where one 3D frame is "
-                          f"expected; pick a frame (e.g. the ED or ES file, or --frame N)")
-    assert not out.exists()
-
-
-def test_segment_frame_2_of_a_4d_file_segments_that_frame(cine, untrained_models, tmp_path,
-                                                          capsys):
+def test_segment_frame_2_of_a_4d_file_segments_that_frame_on_the_cine_geometry(
+        cine, untrained_models, tmp_path, capsys):
     path, frames = cine
     out = tmp_path / "seg.nii.gz"
     code, _ = run_cli(capsys, "segment", path, "-o", out, "--frame", 2,
                       *models_args(untrained_models, "unet-mnv2"))
     assert code == 0
-    assert nib.load(str(out)).shape == (154, 224, 2)
+    written, cine_image = nib.load(str(out)), nib.load(str(path))
+    assert written.shape == (154, 224, 2)
+    assert np.array_equal(written.affine, cine_image.affine)
+    assert written.header.get_zooms() == cine_image.header.get_zooms()[:3]
     _, geometry = read_image(path, allow_4d=True)
     expected = load_ensemble(untrained_models, members=["unet-mnv2"], device="cpu").predict(
         Case(image=frames[1].transpose(2, 1, 0), geometry=geometry)).labels
     assert np.array_equal(read_zyx(out), expected)
 
 
-def test_segment_frame_2_of_a_4d_file_keeps_the_cine_header_geometry(cine, untrained_models,
-                                                                     tmp_path, capsys):
-    path, _ = cine
+@pytest.mark.parametrize("input_kind, frame, shape", [
+    ("4D", 99, "(3, 2, 224, 154)"), ("3D", 1, "(7, 224, 154)")])
+def test_segment_frame_beyond_the_input_fails_clearly(cine, patient, untrained_models, tmp_path,
+                                                      capsys, input_kind, frame, shape):
+    path = cine[0] if input_kind == "4D" else patient / ED_FILE
     out = tmp_path / "seg.nii.gz"
-    code, _ = run_cli(capsys, "segment", path, "-o", out, "--frame", 2,
-                      *models_args(untrained_models, "unet-mnv2"))
-    assert code == 0
-    written, cine_image = nib.load(str(out)), nib.load(str(path))
-    assert np.array_equal(written.affine, cine_image.affine)
-    assert written.header.get_zooms() == cine_image.header.get_zooms()[:3]
-
-
-def test_segment_frame_99_of_a_3_frame_file_fails_clearly(cine, untrained_models, tmp_path,
-                                                          capsys):
-    path, _ = cine
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", path, "-o", out, "--frame", 99,
+    code, err = run_cli(capsys, "segment", path, "-o", out, "--frame", frame,
                         *models_args(untrained_models))
     assert code == 2
-    assert err == f"error: {path}: --frame 99 needs a 4D cine with at least that many frames " \
-                  f"(shape (3, 2, 224, 154))\n"
+    assert err == f"error: {path}: --frame {frame} needs a 4D cine with at least that many " \
+                  f"frames (shape {shape})\n"
     assert not out.exists()
 
 
-def test_segment_frame_on_a_3d_file_fails_clearly(patient, untrained_models, tmp_path, capsys):
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", out, "--frame", 1,
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err == f"error: {patient / ED_FILE}: --frame 1 needs a 4D cine with at least that " \
-                  f"many frames (shape (7, 224, 154))\n"
-    assert not out.exists()
+# ------------------------------------------------------------------------ bad patient folders
+# Each: (break a writable copy of patient090's folder, the file the message names, the message
+# as a regex of that file). Loading the ED frame raises `CaseError`; `segment` on the folder
+# prints the message and writes nothing.
 
-
-# ------------------------------------------------------------------------ bad ground truth
-
-@pytest.fixture
-def label_4_patient(patient, tmp_path) -> Path:
-    """patient090 whose ED ground truth has one voxel labelled 4."""
-    folder = copy_patient(patient, tmp_path / PATIENT)
+def label_4(folder: Path) -> Path:
+    """One voxel of the ED ground truth labelled 4."""
     labels = np.asarray(nib.load(str(folder / ED_GT)).dataobj).copy()
     labels[77, 112, 3] = 4
     rewrite(folder / ED_GT, labels)
-    return folder
+    return folder / ED_GT
 
 
-def test_gt_with_label_4_is_refused_by_the_library(label_4_patient):
-    gt = label_4_patient / ED_GT
-    with pytest.raises(CaseError, match=starts(f"{gt}: label map holds value(s) [4] outside "
-                                               f"0..3 (0 background")):
-        PatientFolder.open(label_4_patient).load("ED")
-
-
-def test_gt_with_label_4_is_refused_by_segment(label_4_patient, untrained_models, tmp_path,
-                                               capsys):
-    out = tmp_path / "out"
-    code, err = run_cli(capsys, "segment", label_4_patient, "-o", out,
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err.startswith(f"error: {label_4_patient / ED_GT}: label map holds value(s) [4] "
-                          f"outside 0..3")
-    assert not out.exists()
-
-
-@pytest.fixture
-def short_gt_patient(patient, tmp_path) -> Path:
-    """patient090 whose ED ground truth lost its last slice (6 slices for a 7-slice frame)."""
-    folder = copy_patient(patient, tmp_path / PATIENT)
+def short_ground_truth(folder: Path) -> Path:
+    """The ED ground truth without its last slice (6 slices for a 7-slice frame)."""
     rewrite(folder / ED_GT, np.asarray(nib.load(str(folder / ED_GT)).dataobj)[:, :, :6])
+    return folder / ED_GT
+
+
+def no_info_cfg(folder: Path) -> Path:
+    (folder / "Info.cfg").unlink()
     return folder
 
 
-def test_gt_of_another_shape_is_refused_by_the_library(short_gt_patient):
-    gt = short_gt_patient / ED_GT
-    with pytest.raises(CaseError, match=exactly(f"{gt}: label map shape (6, 224, 154) differs "
-                                                f"from the image shape (7, 224, 154)")):
-        PatientFolder.open(short_gt_patient).load("ED")
+BAD_FOLDERS = {
+    "label 4 in the ground truth": (label_4, lambda gt: re.escape(
+        f"{gt}: label map holds value(s) [4] outside 0..3 (0 background")),
+    "ground truth of another shape": (short_ground_truth, lambda gt: re.escape(
+        f"{gt}: label map shape (6, 224, 154) differs from the image shape (7, 224, 154)") +
+        "$"),
+    "no Info.cfg": (no_info_cfg, lambda folder: re.escape(
+        f"{folder}: missing Info.cfg (needed for the ED/ES frame numbers)") + "$"),
+}
 
 
-def test_gt_of_another_shape_is_refused_by_segment(short_gt_patient, untrained_models, tmp_path,
-                                                   capsys):
+@pytest.mark.parametrize("kind", BAD_FOLDERS)
+def test_a_broken_patient_folder_is_refused_by_the_library(kind, patient, tmp_path):
+    folder = copy_patient(patient, tmp_path / PATIENT)
+    breaks, message = BAD_FOLDERS[kind]
+    named = breaks(folder)
+    with pytest.raises(CaseError, match="^" + message(named)):
+        PatientFolder.open(folder).load("ED")
+
+
+@pytest.mark.parametrize("kind", BAD_FOLDERS)
+def test_a_broken_patient_folder_is_refused_by_segment(kind, patient, untrained_models, tmp_path,
+                                                       capsys):
+    folder = copy_patient(patient, tmp_path / PATIENT)
+    breaks, message = BAD_FOLDERS[kind]
+    named = breaks(folder)
     out = tmp_path / "out"
-    code, err = run_cli(capsys, "segment", short_gt_patient, "-o", out,
-                        *models_args(untrained_models))
+    code, err = run_cli(capsys, "segment", folder, "-o", out, *models_args(untrained_models))
     assert code == 2
-    assert err == f"error: {short_gt_patient / ED_GT}: label map shape (6, 224, 154) differs " \
-                  f"from the image shape (7, 224, 154)\n"
+    assert re.match("error: " + message(named), err) and err.count("\n") == 1, err
     assert not out.exists()
-
-
-# ------------------------------------------------------------------------ missing Info.cfg
-
-def test_patient_folder_without_info_cfg_is_refused_by_the_library(patient, tmp_path):
-    folder = copy_patient(patient, tmp_path / PATIENT, skip=("Info.cfg",))
-    with pytest.raises(CaseError, match=exactly(f"{folder}: missing Info.cfg (needed for the "
-                                                f"ED/ES frame numbers)")):
-        PatientFolder.open(folder)
-
-
-def test_patient_folder_without_info_cfg_is_refused_by_segment(patient, untrained_models,
-                                                               tmp_path, capsys):
-    folder = copy_patient(patient, tmp_path / PATIENT, skip=("Info.cfg",))
-    code, err = run_cli(capsys, "segment", folder, "-o", tmp_path / "out",
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err == f"error: {folder}: missing Info.cfg (needed for the ED/ES frame numbers)\n"
-    assert not (tmp_path / "out").exists()
 
 
 def test_info_on_a_folder_without_info_cfg_says_no_patient_was_found(patient, tmp_path, capsys):
@@ -342,40 +318,10 @@ def test_info_on_a_folder_without_info_cfg_says_no_patient_was_found(patient, tm
     assert err == f"error: {folder}: no ACDC patient folders (with Info.cfg) found\n"
 
 
-# ------------------------------------------------------------------------ missing spacing
-
-def zero_pixdim_copy(source: Path, destination: Path) -> Path:
-    """`source` with pixdim[1..3] (the voxel size) set to 0 in the stored header bytes.
-
-    Written byte-wise because nibabel repairs zero pixdims on save as well as on load.
-    """
-    raw = bytearray(gzip.decompress(source.read_bytes()))
-    assert struct.unpack("<i", raw[:4]) == (348,)  # a little-endian NIfTI-1 header
-    raw[80:92] = struct.pack("<3f", 0.0, 0.0, 0.0)  # pixdim[1..3]; pixdim starts at byte 76
-    destination.write_bytes(gzip.compress(bytes(raw)))
-    return destination
-
-
-
-def test_nifti_without_spacing_is_refused_by_the_library(patient, tmp_path):
-    path = zero_pixdim_copy(patient / ED_FILE, tmp_path / ED_FILE)
-    with pytest.raises(CaseError, match=starts(f"{path}: voxel spacing is missing or invalid")):
-        read_image(path)
-
-
-def test_nifti_without_spacing_is_refused_by_segment(patient, untrained_models, tmp_path,
-                                                     capsys):
-    small = crop_slices(patient / ED_FILE, tmp_path / "small.nii.gz")
-    path = zero_pixdim_copy(small, tmp_path / "nospacing.nii.gz")
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", path, "-o", out,
-                        *models_args(untrained_models, "unet-mnv2"))
-    assert code == 2
-    assert err.startswith(f"error: {path}: voxel spacing is missing or invalid")
-    assert not out.exists()
-
-
-# ------------------------------------------------------------------------ members
+# ------------------------------------------------------------------------ broken members
+# Each: (break the U-Net of a writable copy of the untrained models, the message as a regex of
+# that member's folder). `load_member` raises `MemberError`; `segment` prints the message and
+# writes nothing.
 
 @pytest.fixture
 def models_copy(untrained_models, tmp_path) -> Path:
@@ -389,32 +335,60 @@ def flip_last_bytes(path: Path, count: int = 16) -> None:
     path.write_bytes(bytes(data))
 
 
-def swap_weights(member: Path, donor: Path) -> None:
-    """Put another member's weights in `member` and make member.json's sha256 match them."""
-    shutil.copyfile(donor / "model.safetensors", member / "model.safetensors")
+def altered_weights(member: Path) -> None:
+    flip_last_bytes(member / "model.safetensors")
+
+
+def another_architectures_weights(member: Path) -> None:
+    """The LinkNet's weights in the U-Net's folder, with member.json's sha256 made to match."""
+    shutil.copyfile(member.parent / "linknet-mnv2" / "model.safetensors",
+                    member / "model.safetensors")
     spec = json.loads((member / "member.json").read_text())
     spec["weights_sha256"] = sha256_of(member / "model.safetensors")
     (member / "member.json").write_text(json.dumps(spec, indent=1))
+    verify_member(member)  # the sha256 now matches: only loading can tell
 
 
-def test_member_with_altered_weights_fails_the_sha256_check(models_copy):
+def spec_names_another_architecture(member: Path) -> None:
+    spec = json.loads((member / "member.json").read_text())
+    spec["arch"] = "Linknet"
+    (member / "member.json").write_text(json.dumps(spec, indent=1))
+
+
+BROKEN_MEMBERS = {
+    "altered weights": (altered_weights, lambda member: re.escape(
+        f"{member / 'model.safetensors'}: sha256 ") + r"[0-9a-f]{12}\.\.\. does not match "
+        r"member\.json \([0-9a-f]{12}\.\.\.\): the weights are not the ones this spec "
+        r"describes$"),
+    "another architecture's weights": (another_architectures_weights, lambda member: re.escape(
+        f"{member / 'model.safetensors'}: weights do not fit the network in config.json: ")),
+    "spec names another architecture": (spec_names_another_architecture, lambda member:
+        re.escape(f"{member / 'config.json'}: does not match member.json (_model_class: "
+                  f"config 'Unet' vs spec 'Linknet')") + "$"),
+}
+
+
+@pytest.mark.filterwarnings(r"ignore:\s+!+ Mismatched keys:UserWarning")
+@pytest.mark.parametrize("kind", BROKEN_MEMBERS)
+def test_a_broken_member_does_not_load(kind, models_copy):
+    breaks, message = BROKEN_MEMBERS[kind]
     member = models_copy / "unet-mnv2"
-    flip_last_bytes(member / "model.safetensors")
-    with pytest.raises(MemberError, match=starts(f"{member / 'model.safetensors'}: sha256 ") +
-                       r"[0-9a-f]{12}\.\.\. does not match member\.json \([0-9a-f]{12}\.\.\.\): "
-                       r"the weights are not the ones this spec describes$"):
+    breaks(member)
+    with pytest.raises(MemberError, match="^" + message(member)):
         load_member(member)
 
 
-def test_segment_refuses_a_member_with_altered_weights(models_copy, patient, tmp_path, capsys):
-    weights = models_copy / "unet-mnv2" / "model.safetensors"
-    flip_last_bytes(weights)
+@pytest.mark.filterwarnings(r"ignore:\s+!+ Mismatched keys:UserWarning")
+@pytest.mark.parametrize("kind", BROKEN_MEMBERS)
+def test_a_broken_member_is_refused_by_segment(kind, models_copy, patient, tmp_path, capsys):
+    breaks, message = BROKEN_MEMBERS[kind]
+    member = models_copy / "unet-mnv2"
+    breaks(member)
     out = tmp_path / "seg.nii.gz"
     code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", out,
                         *models_args(models_copy))
     assert code == 2
-    assert err.startswith(f"error: {weights}: sha256 ")
-    assert "does not match member.json" in err
+    assert re.match("error: " + message(member), err) and err.count("\n") == 1, err
     assert not out.exists()
 
 
@@ -424,30 +398,6 @@ def test_models_command_refuses_a_member_with_altered_weights(models_copy, capsy
     code, err = run_cli(capsys, "models", "--models", models_copy)
     assert code == 2
     assert err.startswith(f"error: {weights}: sha256 ")
-
-
-@pytest.mark.filterwarnings(r"ignore:\s+!+ Mismatched keys:UserWarning")
-def test_member_with_another_architectures_weights_does_not_load(models_copy):
-    member = models_copy / "unet-mnv2"
-    swap_weights(member, models_copy / "linknet-mnv2")
-    verify_member(member)  # the sha256 now matches: only loading can tell
-    with pytest.raises(MemberError, match=starts(f"{member / 'model.safetensors'}: weights do "
-                                                 f"not fit the network in config.json: ")):
-        load_member(member)
-
-
-@pytest.mark.filterwarnings(r"ignore:\s+!+ Mismatched keys:UserWarning")
-def test_segment_refuses_a_member_with_another_architectures_weights(models_copy, patient,
-                                                                     tmp_path, capsys):
-    member = models_copy / "unet-mnv2"
-    swap_weights(member, models_copy / "fpn-mnv2")
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", out,
-                        *models_args(models_copy))
-    assert code == 2
-    assert err.startswith(f"error: {member / 'model.safetensors'}: weights do not fit the "
-                          f"network in config.json")
-    assert not out.exists()
 
 
 def test_member_replaced_behind_the_manifest_is_refused_by_load_ensemble(models_copy):
@@ -461,32 +411,6 @@ def test_member_replaced_behind_the_manifest_is_refused_by_load_ensemble(models_
                                                   f"member 'unet-mnv2' differs from its folder's "
                                                   f"spec")):
         load_ensemble(models_copy, device="cpu")
-
-
-def test_member_whose_spec_names_another_architecture_fails_the_config_check(models_copy):
-    member = models_copy / "unet-mnv2"
-    spec = json.loads((member / "member.json").read_text())
-    spec["arch"] = "Linknet"
-    (member / "member.json").write_text(json.dumps(spec, indent=1))
-    with pytest.raises(MemberError, match=exactly(f"{member / 'config.json'}: does not match "
-                                                  f"member.json (_model_class: config 'Unet' vs "
-                                                  f"spec 'Linknet')")):
-        load_member(member)
-
-
-def test_segment_refuses_a_member_whose_spec_names_another_architecture(models_copy, patient,
-                                                                        tmp_path, capsys):
-    member = models_copy / "unet-mnv2"
-    spec = json.loads((member / "member.json").read_text())
-    spec["arch"] = "Linknet"
-    (member / "member.json").write_text(json.dumps(spec, indent=1))
-    out = tmp_path / "seg.nii.gz"
-    code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", out,
-                        *models_args(models_copy))
-    assert code == 2
-    assert err == f"error: {member / 'config.json'}: does not match member.json " \
-                  f"(_model_class: config 'Unet' vs spec 'Linknet')\n"
-    assert not out.exists()
 
 
 def test_segment_refuses_an_unknown_member_name(untrained_models, patient, tmp_path, capsys):
@@ -531,13 +455,31 @@ def test_write_image_refuses_an_existing_file(existing, patient):
     assert existing.read_bytes() == UNTOUCHED
 
 
-def test_segment_refuses_an_existing_output_file(existing, untrained_models, patient, capsys):
-    code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", existing,
-                        *models_args(untrained_models))
+# Each: (patient090's folder, tmp_path) -> (the `segment` arguments, the output that already
+# exists). It stops with the one error that names that file, before anything is written.
+EXISTING_OUTPUTS = {
+    "the output file": lambda patient, tmp: (
+        [patient / ED_FILE, "-o", tmp / "seg.nii.gz"], tmp / "seg.nii.gz"),
+    "one phase of a folder's outputs": lambda patient, tmp: (
+        [patient, "-o", tmp / "out"], tmp / "out" / f"{PATIENT}_ES_seg.nii.gz"),
+    "an extra map": lambda patient, tmp: (
+        [patient / ED_FILE, "-o", tmp / "seg.nii.gz", "--uncertainty"],
+        tmp / "seg_uncertainty.nii.gz"),
+}
+
+
+@pytest.mark.parametrize("kind", EXISTING_OUTPUTS)
+def test_segment_refuses_an_existing_output(kind, untrained_models, patient, tmp_path, capsys):
+    argv, existing = EXISTING_OUTPUTS[kind](patient, tmp_path)
+    existing.parent.mkdir(exist_ok=True)
+    existing.write_bytes(UNTOUCHED)
+    before = sorted(tmp_path.rglob("*"))
+    code, err = run_cli(capsys, "segment", *argv, *models_args(untrained_models))
     assert code == 2
     assert err == f"error: {existing}: already exists; refusing to overwrite it (pass " \
                   f"--overwrite to replace it)\n"
     assert existing.read_bytes() == UNTOUCHED
+    assert sorted(tmp_path.rglob("*")) == before  # nothing else written either
 
 
 def test_segment_overwrite_replaces_an_existing_output_file(existing, untrained_models, patient,
@@ -550,31 +492,6 @@ def test_segment_overwrite_replaces_an_existing_output_file(existing, untrained_
     assert written.shape == (154, 224, 2)
     assert written.get_data_dtype() == np.uint8
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz", "small.nii.gz"]
-
-
-def test_segment_folder_refuses_when_one_phase_output_exists(untrained_models, patient, tmp_path,
-                                                             capsys):
-    out = tmp_path / "out"
-    out.mkdir()
-    es_output = out / f"{PATIENT}_ES_seg.nii.gz"
-    es_output.write_bytes(UNTOUCHED)
-    code, err = run_cli(capsys, "segment", patient, "-o", out, *models_args(untrained_models))
-    assert code == 2
-    assert err.startswith(f"error: {es_output}: already exists; refusing to overwrite it")
-    assert es_output.read_bytes() == UNTOUCHED
-    assert [p.name for p in out.iterdir()] == [es_output.name]  # no ED written either
-
-
-def test_segment_refuses_when_an_extra_output_exists(untrained_models, patient, tmp_path, capsys):
-    out = tmp_path / "seg.nii.gz"
-    uncertainty = tmp_path / "seg_uncertainty.nii.gz"
-    uncertainty.write_bytes(UNTOUCHED)
-    code, err = run_cli(capsys, "segment", patient / ED_FILE, "-o", out, "--uncertainty",
-                        *models_args(untrained_models))
-    assert code == 2
-    assert err.startswith(f"error: {uncertainty}: already exists; refusing to overwrite it")
-    assert uncertainty.read_bytes() == UNTOUCHED
-    assert not out.exists()
 
 
 @pytest.fixture

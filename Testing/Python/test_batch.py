@@ -9,9 +9,9 @@ pytest.importorskip("distributed", reason="dask.distributed is not installed (pi
                                           "'cardiac-ensemble[scale]')")
 
 from CardiacEnsembleLib import io  # noqa: E402
-from CardiacEnsembleLib.acdc import PatientFolder  # noqa: E402
-from CardiacEnsembleLib.batch import segment_studies  # noqa: E402
-from CardiacEnsembleLib.ensemble import load_ensemble  # noqa: E402
+from CardiacEnsembleLib.io.acdc import PatientFolder  # noqa: E402
+from CardiacEnsembleLib.inference.batch import segment_studies  # noqa: E402
+from CardiacEnsembleLib.inference.ensemble import load_ensemble  # noqa: E402
 
 
 def test_two_workers_segment_every_study_like_a_single_process(untrained_models, patient_dir,

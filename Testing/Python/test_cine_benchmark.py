@@ -7,25 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.benchmark import (BenchmarkResult, ConfigResult, accuracy_points,
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleDev.release.benchmark import (BenchmarkResult, ConfigResult, accuracy_points,
                                           report_markdown, run_benchmark, summary_lines)
-from CardiacEnsembleLib.cine import CineSegmentation, segment_cine
+from CardiacEnsembleLib.inference.cine import CineSegmentation, segment_cine
 from CardiacEnsembleLib.cli import main
-from CardiacEnsembleLib.ensemble import load_ensemble
-from CardiacEnsembleLib.inference import optimize_for_inference, predict_slices
-from CardiacEnsembleLib.members import create_network
-from CardiacEnsembleLib.preprocess import prepare_slices
-from CardiacEnsembleLib.recipes import recipe_spec
+from CardiacEnsembleLib.inference.ensemble import load_ensemble
+from CardiacEnsembleLib.inference.runner import optimize_for_inference, predict_slices
+from CardiacEnsembleLib.inference.members import create_network
+from CardiacEnsembleLib.inference.preprocess import prepare_slices
+from CardiacEnsembleDev.training.recipes import recipe_spec
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Keep timings and results stable on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +132,7 @@ def test_chart_labels_on_one_spot_are_moved_apart_and_keep_their_x():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from CardiacEnsembleLib.report import separate_labels
+    from CardiacEnsembleDev.release.report import separate_labels
 
     figure, axis = plt.subplots(figsize=(4, 3), dpi=100)
     labels = [axis.annotate(name, (2.5, 0.92), fontsize=6.5, xytext=(4, 2),

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from CardiacEnsembleLib.fusion import (
+from CardiacEnsembleLib.inference.fusion import (
     FUSION_RULES,
     FusionResult,
     disagreement,
@@ -300,7 +300,7 @@ def test_fusion_stays_on_the_gpu_and_matches_the_cpu():
 
 
 def test_class_argmax_equals_torch_argmax_including_ties():
-    from CardiacEnsembleLib.fusion import class_argmax
+    from CardiacEnsembleLib.inference.fusion import class_argmax
 
     torch.manual_seed(0)
     probs = torch.softmax(torch.randn(3, 4, 5, 6, 7), dim=1)

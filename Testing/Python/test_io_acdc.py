@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from CardiacEnsembleLib import io
-from CardiacEnsembleLib.acdc import PatientFolder, find_patients, load_splits, parse_info_cfg
-from CardiacEnsembleLib.case import Geometry
+from CardiacEnsembleLib.io.acdc import PatientFolder, find_patients, load_splits, parse_info_cfg
+from CardiacEnsembleLib.core.case import Geometry
 
 
 def test_info_cfg_gives_frames_group_and_body_size(patient_dir):

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.ensemble import DEFAULT_MODELS_DIR, load_ensemble, read_manifest
-from CardiacEnsembleLib.inference import (CancelToken, Cancelled, DeviceError, pick_device,
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, WeightTable, read_manifest
+from CardiacEnsembleLib.inference.ensemble import load_ensemble
+from CardiacEnsembleLib.inference.runner import (CancelToken, Cancelled, DeviceError, pick_device,
                                           predict_slices)
-from CardiacEnsembleLib.members import (WEIGHTS_FILE, create_network, load_member, read_spec,
+from CardiacEnsembleLib.inference.members import (WEIGHTS_FILE, create_network, load_member, read_spec,
                                         save_member)
-from CardiacEnsembleLib.preprocess import prepare_slices
-from CardiacEnsembleLib.recipes import RECIPES, recipe_spec
+from CardiacEnsembleLib.inference.preprocess import prepare_slices
+from CardiacEnsembleDev.training.recipes import RECIPES, recipe_spec
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_every_recipe_builds_without_downloads_and_the_shipped_ones_fit_the_size
         with torch.inference_mode():
             scores = network(torch.zeros(1, spec.in_channels, 64, 96))
         assert scores.shape == (1, spec.classes, 64, 96), name
-    shipped = [e["name"] for e in read_manifest(DEFAULT_MODELS_DIR)["members"]]
+    shipped = read_manifest(DEFAULT_MODELS_DIR).names
     assert set(shipped) <= set(RECIPES)
     assert sum(parameters[name] for name in shipped) * 2 <= 40e6
 
@@ -135,7 +136,7 @@ def test_ensemble_prediction_is_on_the_case_grid_with_member_outputs(untrained_m
 
 def test_weighted_fusion_uses_the_manifest_weights(untrained_models, case):
     ensemble = load_ensemble(untrained_models, device="cpu")
-    assert ensemble.weights == [2.0, 1.0, 1.0]
+    assert ensemble.weights.table[:, 0].tolist() == [2.0, 1.0, 1.0]
     probs, seconds = ensemble.member_probabilities(case)
     weighted = ensemble.fuse(case, probs, seconds, "weighted")
     expected = ((2 * probs[0] + probs[1] + probs[2]) / 4).argmax(0).numpy()
@@ -144,7 +145,7 @@ def test_weighted_fusion_uses_the_manifest_weights(untrained_models, case):
 
 def test_zero_weight_members_are_skipped_without_changing_the_labels(untrained_models, case):
     ensemble = load_ensemble(untrained_models, device="cpu", fusion="weighted")
-    ensemble.weights = [2.0, 0.0, 1.0]
+    ensemble.weights = WeightTable(tuple(ensemble.names), np.array([2.0, 0.0, 1.0]))
     probs, seconds = ensemble.member_probabilities(case)
     expected = ensemble.fuse(case, probs, seconds, "weighted").labels
     prediction = ensemble.predict(case)
@@ -156,7 +157,7 @@ def test_zero_weight_members_are_skipped_without_changing_the_labels(untrained_m
 
 def test_members_share_one_preprocessing_pass_when_specs_agree(untrained_models, case,
                                                                monkeypatch):
-    import CardiacEnsembleLib.ensemble as ensemble_module
+    import CardiacEnsembleLib.inference.ensemble as ensemble_module
 
     calls = []
     original = ensemble_module.prepare_slices

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.metrics import dice
-from CardiacEnsembleLib.preprocess import (PreprocessSpec, crop_or_pad, normalize_intensity,
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleLib.evaluation.metrics import dice
+from CardiacEnsembleLib.inference.preprocess import (PreprocessSpec, crop_or_pad, normalize_intensity,
                                            prepare_slices, restore_probabilities, uncrop)
 
 

@@ -1,94 +1,117 @@
-"""The test report's verdict lines, on the scores the shipped ensemble really got on the test
-split (`reports/acdc_test/scores.csv`, written by `cardiac-ensemble evaluate`): no network runs.
+"""The test report's arithmetic, on scores whose answer is known: the gain's bootstrap interval
+brackets the point gain, collapses to it when every patient gains the same and widens when more
+confidence is asked for; the verdict lines state the gain and judge it against the targets; the
+scores a report is rebuilt from read back exactly.
 
-The committed report must say what its own scores say, and the gain's bootstrap interval must
-behave as an interval: it brackets the point gain, collapses to it when every patient gains the
-same, and widens when more confidence is asked for.
+Whether the committed report says what its committed scores give is the release check's
+(`Testing/Release`), run by the release script that writes them.
 """
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
+import numpy as np
 import pytest
 
-from CardiacEnsembleLib.case import STRUCTURES
-from CardiacEnsembleLib.ensemble import read_manifest
-from CardiacEnsembleLib.evaluation import (Evaluation, ensemble_method, read_scores_csv,
-                                           write_scores_csv)
-from CardiacEnsembleLib.postprocess import rival_member_steps, variant_name
-from CardiacEnsembleLib.report import best_member, gain_interval, headline, mean_dice
+from CardiacEnsembleLib.core.case import STRUCTURES
+from CardiacEnsembleLib.evaluation.metrics import ClinicalIndices
+from CardiacEnsembleLib.evaluation.scoring import (ClinicalRow, Evaluation, ScoreRow,
+                                                   read_scores_csv, write_clinical_csv,
+                                                   write_scores_csv)
+from CardiacEnsembleDev.release.report import best_member, gain_interval, headline, mean_dice
 
-REPO = Path(__file__).resolve().parents[2]
-SCORES = REPO / "reports" / "acdc_test" / "scores.csv"
-REPORT = REPO / "reports" / "acdc_test.md"
-MANIFEST = read_manifest()  # the shipped ensemble the report was made of
-SHIPPED = ensemble_method(MANIFEST["fusion"], MANIFEST["postprocess"])
 KEYS = list(STRUCTURES) + ["mean"]
+PATIENTS = [f"patient{i:03d}" for i in range(101, 113)]
+
+
+def rows(method: str, dice: dict[tuple[str, str, str], float]) -> list[ScoreRow]:
+    return [ScoreRow(patient, "NOR", phase, method, structure, value, 3.5, 1.25, "", 0.5)
+            for (patient, phase, structure), value in dice.items()]
 
 
 @pytest.fixture(scope="module")
-def split_scores() -> Evaluation:
-    rows = read_scores_csv(SCORES)
-    return Evaluation(scores=rows, methods=list(dict.fromkeys(r.method for r in rows)))
+def scored() -> Evaluation:
+    """Two members and an ensemble on 12 patients, ED and ES: member "b" is the better one,
+    the ensemble gains about a point over it, with patient-to-patient noise."""
+    rng = np.random.default_rng(7)
+    frames = [(p, phase, s) for p in PATIENTS for phase in ("ED", "ES") for s in STRUCTURES]
+    b = {frame: 0.88 + 0.03 * rng.standard_normal() for frame in frames}
+    a = {frame: value - 0.02 for frame, value in b.items()}
+    ensemble = {frame: value + 0.01 + 0.01 * rng.standard_normal() for frame, value in b.items()}
+    scores = rows("a", a) + rows("b", b) + rows("ensemble-mean", ensemble)
+    return Evaluation(scores=scores, methods=["a", "b", "ensemble-mean"])
 
 
-@pytest.fixture(scope="module")
-def members(split_scores) -> list[str]:
-    """The rivals as `evaluate` defines them: every member, raw and with a lone clean-up."""
-    names = [member["name"] for member in MANIFEST["members"]]
-    rivals = [n + variant_name(v) for v in rival_member_steps(MANIFEST["postprocess"])
-              for n in names]
-    assert set(rivals) <= set(split_scores.methods), "the report is not of the shipped members"
-    return rivals
+def lifted(evaluation: Evaluation, method: str, name: str, points: dict[str, float]) -> Evaluation:
+    """`evaluation` plus `method`'s scores raised by `points` Dice points per structure, as
+    method `name`."""
+    extra = [dataclasses.replace(r, method=name, dice=r.dice + points[r.structure] / 100)
+             for r in evaluation.scores if r.method == method]
+    return Evaluation(scores=evaluation.scores + extra, methods=evaluation.methods + [name])
 
 
-def test_scores_csv_reads_back_exactly_what_evaluate_wrote(split_scores, tmp_path):
-    copy = tmp_path / "scores.csv"
-    write_scores_csv(split_scores, copy)
-    assert read_scores_csv(copy) == split_scores.scores
-    assert len(split_scores.scores) == 40 * 2 * len(split_scores.methods) * len(STRUCTURES)
+def test_scores_csv_reads_back_exactly_what_evaluate_wrote(scored, tmp_path):
+    path = tmp_path / "scores.csv"
+    write_scores_csv(scored, path)
+    assert read_scores_csv(path) == scored.scores
 
 
-def test_a_csv_that_is_not_scores_is_refused_by_name():
-    clinical = SCORES.with_name("clinical.csv")  # the other CSV evaluate writes
+def test_a_csv_that_is_not_scores_is_refused_by_name(tmp_path):
+    clinical = tmp_path / "clinical.csv"  # the other CSV evaluate writes
+    indices = ClinicalIndices(150.0, 60.0, 60.0, 160.0, 80.0, 50.0, 120.0)
+    write_clinical_csv(Evaluation(clinical=[ClinicalRow("patient101", "NOR", "reference",
+                                                        indices)]), clinical)
     with pytest.raises(ValueError, match=r"clinical\.csv.*not a scores\.csv.*dice"):
         read_scores_csv(clinical)
 
 
-def test_committed_report_states_the_verdict_its_scores_give(split_scores, members):
-    lines = headline(split_scores, SHIPPED, members)
-    report = REPORT.read_text().splitlines()
-    missing = [line for line in lines if line and line not in report]
-    assert not missing, f"{REPORT.name} is stale; rerun the command it names: {missing}"
+def test_the_best_member_is_the_one_with_the_best_mean_dice(scored):
+    assert best_member(scored, ["a", "b"]) == "b"
+    assert mean_dice(scored, "a")["mean"] == pytest.approx(mean_dice(scored, "b")["mean"] - 0.02)
 
 
-def test_interval_brackets_the_point_gain_on_the_test_split(split_scores, members):
-    rival = best_member(split_scores, members)
-    ours, theirs = mean_dice(split_scores, SHIPPED), mean_dice(split_scores, rival)
-    interval = gain_interval(split_scores, SHIPPED, rival)
+def test_interval_brackets_the_point_gain_and_widens_with_confidence(scored):
+    ours, theirs = mean_dice(scored, "ensemble-mean"), mean_dice(scored, "b")
+    interval = gain_interval(scored, "ensemble-mean", "b")
     for key in KEYS:
         low, high = interval[key]
         assert low < 100 * (ours[key] - theirs[key]) < high, key
-        assert high - low > 0.05, key  # 40 patients cannot pin a gain to a twentieth of a point
-    wider = gain_interval(split_scores, SHIPPED, rival, confidence=0.99)
+    wider = gain_interval(scored, "ensemble-mean", "b", confidence=0.99)
     assert all(wider[k][0] < interval[k][0] and wider[k][1] > interval[k][1] for k in KEYS)
-    assert gain_interval(split_scores, SHIPPED, rival) == interval  # seeded
+    assert gain_interval(scored, "ensemble-mean", "b") == interval  # seeded
 
 
-def test_interval_collapses_when_every_patient_gains_the_same(split_scores, members):
-    rival = best_member(split_scores, members)
-    lifted = [dataclasses.replace(r, method="lifted", dice=r.dice + 0.01)
-              for r in split_scores.scores if r.method == rival]
-    evaluation = Evaluation(scores=split_scores.scores + lifted)
-    for key, (low, high) in gain_interval(evaluation, "lifted", rival).items():
+def test_interval_collapses_when_every_patient_gains_the_same(scored):
+    evaluation = lifted(scored, "b", "lifted", {s: 1.0 for s in STRUCTURES})
+    for key, (low, high) in gain_interval(evaluation, "lifted", "b").items():
         assert low == pytest.approx(1.0) and high == pytest.approx(1.0), key
-    assert set(gain_interval(evaluation, rival, rival).values()) == {(0.0, 0.0)}
+    assert set(gain_interval(evaluation, "b", "b").values()) == {(0.0, 0.0)}
 
 
-def test_interval_refuses_methods_scored_on_different_patients(split_scores, members):
-    rival = best_member(split_scores, members)
-    fewer = [dataclasses.replace(r, method="partial") for r in split_scores.scores
-             if r.method == rival and r.patient != "patient101"]
+def test_interval_refuses_methods_scored_on_different_patients(scored):
+    fewer = [dataclasses.replace(r, method="partial") for r in scored.scores
+             if r.method == "b" and r.patient != "patient101"]
     with pytest.raises(ValueError, match="different patients"):
-        gain_interval(Evaluation(scores=split_scores.scores + fewer), "partial", rival)
+        gain_interval(Evaluation(scores=scored.scores + fewer), "partial", "b")
+
+
+def test_the_verdict_states_the_gain_over_the_best_member_and_judges_it(scored):
+    evaluation = lifted(scored, "b", "ensemble-weighted", {"RV": 1.5, "Myo": 0.75, "LV": 0.75})
+    lines = headline(evaluation, "ensemble-weighted", ["a", "b"])
+    rival = mean_dice(scored, "b")["mean"]
+    assert lines[0] == "Shipped ensemble: **ensemble-weighted**. Best single member by mean " \
+                       "Dice: **b**."
+    assert "| difference (points) | +1.50 | +0.75 | +0.75 | +1.00 |" in lines
+    assert f"- gain over the best member (b, {rival:.4f}): +1.00 points (95% interval +1.00 " \
+           f"to +1.00): **met** (target >= +0.5)" in lines
+    assert "- largest per-structure loss: Myo +0.75 points: **met** (target no loss over " \
+           "0.2)" in lines
+
+
+def test_a_structure_that_loses_fails_the_no_loss_target(scored):
+    evaluation = lifted(scored, "b", "ensemble-weighted", {"RV": 2.0, "Myo": 0.5, "LV": -0.5})
+    lines = headline(evaluation, "ensemble-weighted", ["a", "b"])
+    assert "- largest per-structure loss: LV -0.50 points: **NOT met** (target no loss over " \
+           "0.2)" in lines
+    assert any(line.startswith("- gain over the best member (b, ") and
+               ": +0.67 points" in line and "**met**" in line for line in lines)

@@ -3,21 +3,17 @@ members trained from one are re-scored on the real validation frames before they
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from CardiacEnsembleLib.acdc import load_splits
-from CardiacEnsembleLib.members import MemberError
-from CardiacEnsembleLib.recipes import PREPROCESS, recipe_spec
-from CardiacEnsembleLib.slicepack import pack_validation_dice, read_pack, write_pack
-from CardiacEnsembleLib.training import (TrainConfig, TrainingSource, build_slice_set,
+from CardiacEnsembleLib.io.acdc import load_splits
+from CardiacEnsembleLib.inference.members import MemberError
+from CardiacEnsembleDev.training.recipes import PREPROCESS, recipe_spec
+from CardiacEnsembleDev.training.slicepack import pack_validation_dice, read_pack, write_pack
+from CardiacEnsembleDev.training.training import (TrainConfig, TrainingSource, build_slice_set,
                                          fit_member, load_split_cases)
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +65,9 @@ def test_a_pack_gives_2_5d_slice_sets(small_pack):
 def test_pack_validation_is_close_to_the_exact_validation(acdc, small_pack):
     """The pack's Dice (1.5 mm grid, cropped input) only picks a best epoch, but it must track
     the exact Dice: the shipped U-Net++ within a point on the same validation frames."""
-    from CardiacEnsembleLib.ensemble import DEFAULT_MODELS_DIR
-    from CardiacEnsembleLib.members import load_member
-    from CardiacEnsembleLib.training import validation_dice
+    from CardiacEnsembleLib.inference.ensemble import DEFAULT_MODELS_DIR
+    from CardiacEnsembleLib.inference.members import load_member
+    from CardiacEnsembleDev.training.training import validation_dice
 
     folder = next(p for p in sorted(DEFAULT_MODELS_DIR.glob("unetpp*")) if p.is_dir())
     member = load_member(folder)
@@ -97,7 +93,7 @@ def test_a_pack_is_never_overwritten_and_a_wrong_file_is_named(small_pack, tmp_p
 def pack_run(small_pack, tmp_path_factory):
     """A member fine-tuned for two steps from the pack, warm-started from the shipped FPN, as
     the GPU driver trains them."""
-    from CardiacEnsembleLib.ensemble import DEFAULT_MODELS_DIR
+    from CardiacEnsembleLib.inference.ensemble import DEFAULT_MODELS_DIR
 
     shipped_fpn = next(p for p in sorted(DEFAULT_MODELS_DIR.iterdir()) if p.name.startswith("fpn"))
     pack = read_pack(small_pack)
@@ -117,7 +113,7 @@ def pack_run(small_pack, tmp_path_factory):
 
 def test_a_pack_trained_member_ships_only_with_its_exact_validation_dice(acdc, pack_run,
                                                                          tmp_path):
-    from CardiacEnsembleLib.zoo import ship_runs
+    from CardiacEnsembleDev.release.ship import ship_runs
 
     with pytest.raises(MemberError, match="fpn25d-mnv2: trained on a slice pack.*--data"):
         ship_runs([pack_run], tmp_path / "refused", name="t", version="0")
@@ -134,62 +130,10 @@ def test_a_pack_trained_member_ships_only_with_its_exact_validation_dice(acdc, p
 
 
 def test_rescoring_refuses_a_member_that_names_a_non_validation_patient(acdc, pack_run):
-    from CardiacEnsembleLib.members import load_member
-    from CardiacEnsembleLib.zoo import rescore_on_validation
+    from CardiacEnsembleLib.inference.members import load_member
+    from CardiacEnsembleDev.release.ship import rescore_on_validation
 
     member = load_member(pack_run / "best")
     member.spec.training["validation_patients"] = ["patient101"]
     with pytest.raises(MemberError, match=r"\['patient101'\].*does not hold"):
         rescore_on_validation(member, load_split_cases(acdc, "validation", 2))
-
-
-def test_the_gpu_driver_trains_members_side_by_side_and_brings_back_fp16(small_pack, tmp_path,
-                                                                         untrained_models):
-    """benchmarks/gpu_train.py on the CPU with a short budget: each member's process sizes its
-    schedule to the time left and leaves <member>.tar with an fp16 best member. A job with
-    @SEED trains from scratch with that seed, named RECIPE-sSEED, beside the warm-started one."""
-    import tarfile
-
-    out = tmp_path / "out"
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_train.py"), "--pack", str(small_pack),
-         "--out", str(out), "--work", str(tmp_path / "work"), "--device", "cpu",
-         "--budget-s", "60", "--iterations", "2", "--batch-size", "4", "--patch-size", "64",
-         "--threads", "1", "--job", f"fpn25d-mnv2={untrained_models / 'fpn-mnv2'}",
-         "--job", "fpn25d-mnv2@3="],
-        capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "ms/step" in done.stdout and "inflated from 1 to 3 channels" in done.stdout
-    assert "fpn25d-mnv2-s3: " in done.stdout and "warm start none (from scratch)" in done.stdout
-    specs = {}
-    for name in ("fpn25d-mnv2", "fpn25d-mnv2-s3"):
-        with tarfile.open(out / f"{name}.tar") as tar:
-            specs[name] = json.load(tar.extractfile(f"{name}/best/member.json"))
-    for name, spec in specs.items():
-        assert spec["name"] == name
-        assert spec["weights_dtype"] == "float16" and spec["context_slices"] == 1
-        assert spec["training"]["form"].startswith("slice pack")
-    assert specs["fpn25d-mnv2"]["training"]["config"]["seed"] == 4  # the driver's --seed
-    assert specs["fpn25d-mnv2-s3"]["training"]["config"]["seed"] == 3
-    assert specs["fpn25d-mnv2-s3"]["training"]["config"]["init_from"] == ""
-
-
-def test_a_gpu_job_names_its_recipe_and_an_optional_whole_number_seed():
-    import importlib.util
-
-    loader = importlib.util.spec_from_file_location("gpu_train",
-                                                    REPO / "benchmarks" / "gpu_train.py")
-    gpu_train = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(gpu_train)
-    parse_job = gpu_train.parse_job
-
-    assert parse_job("unet25d-mnv2=models/unet", 4) == ("unet25d-mnv2", "unet25d-mnv2", 4,
-                                                        "models/unet")
-    assert parse_job("unet25d-mnv2@7=", 4) == ("unet25d-mnv2", "unet25d-mnv2-s7", 7, "")
-    with pytest.raises(SystemExit, match="RECIPE=FOLDER"):
-        parse_job("unet25d-mnv2", 4)
-    with pytest.raises(SystemExit, match="whole number"):
-        parse_job("unet25d-mnv2@x=", 4)
-    with pytest.raises(SystemExit, match="repeat"):
-        gpu_train.main(["--pack", "p", "--out", "o", "--job", "unet25d-mnv2=",
-                        "--job", "unet25d-mnv2=a"])

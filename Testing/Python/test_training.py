@@ -5,10 +5,10 @@ import csv
 
 import pytest
 
-from CardiacEnsembleLib.acdc import load_splits
-from CardiacEnsembleLib.inference import CancelToken, Cancelled
-from CardiacEnsembleLib.recipes import recipe_spec
-from CardiacEnsembleLib.training import (SplitLeakError, TrainConfig, check_no_test_patients,
+from CardiacEnsembleLib.io.acdc import load_splits
+from CardiacEnsembleLib.inference.runner import CancelToken, Cancelled
+from CardiacEnsembleDev.training.recipes import recipe_spec
+from CardiacEnsembleDev.training.training import (SplitLeakError, TrainConfig, check_no_test_patients,
                                          load_split_cases, train_member)
 
 TINY = dict(epochs=2, batch_size=4, patch_size=64, iterations_per_epoch=2,
@@ -67,8 +67,8 @@ def test_resume_after_an_interruption_continues_the_same_curve(acdc, tmp_path):
 def test_warm_start_copies_a_members_weights_and_refuses_another_network(untrained_models):
     import torch
 
-    from CardiacEnsembleLib.members import MemberError, create_network, load_member
-    from CardiacEnsembleLib.training import _warm_start
+    from CardiacEnsembleLib.inference.members import MemberError, create_network, load_member
+    from CardiacEnsembleDev.training.training import _warm_start
 
     spec = recipe_spec("fpn-mnv2")
     network = create_network(spec)
@@ -84,8 +84,8 @@ def test_warm_start_copies_a_members_weights_and_refuses_another_network(untrain
 def test_encoder_warm_start_copies_only_the_encoder_across_architectures(untrained_models):
     import torch
 
-    from CardiacEnsembleLib.members import MemberError, create_network, load_member
-    from CardiacEnsembleLib.training import _warm_start
+    from CardiacEnsembleLib.inference.members import MemberError, create_network, load_member
+    from CardiacEnsembleDev.training.training import _warm_start
 
     spec = recipe_spec("unetpp-mnv2")
     torch.manual_seed(7)
@@ -109,7 +109,7 @@ def test_train_names_a_second_draw_of_a_recipe_as_asked(acdc, tmp_path):
     """`train --name`: two members of one recipe from different seeds can sit in one ensemble
     only under two names; without it the member is named after its recipe."""
     from CardiacEnsembleLib.cli import main
-    from CardiacEnsembleLib.members import load_member
+    from CardiacEnsembleLib.inference.members import load_member
 
     main(["-q", "train", "--data", str(acdc), "--recipe", "fpn-mnv2", "--name", "fpn-mnv2-s7",
           "--seed", "7", "--epochs", "1", "--iterations", "1", "--batch-size", "2",

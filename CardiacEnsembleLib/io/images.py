@@ -18,15 +18,14 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from .case import CaseError, Geometry
+from CardiacEnsembleLib.core.case import Geometry
+from CardiacEnsembleLib.core.errors import (CaseError, OutputExistsError,  # noqa: F401
+                                            refuse_existing)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 
-
-class OutputExistsError(FileExistsError):
-    """Raised instead of overwriting a file the user already has."""
 
 
 def image_suffix(path: Path | str) -> str:
@@ -162,9 +161,7 @@ def write_image(path: Path | str, array: np.ndarray, geometry: Geometry, *,
     if not suffix:
         raise CaseError(f"{path}: output name must end in one of "
                         f"{', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists; refusing to overwrite it "
-                                f"(pass --overwrite / overwrite=True to replace it)")
+    refuse_existing(path, overwrite, hint="pass --overwrite / overwrite=True to replace it")
     if array.ndim not in (3, 4) or (array.ndim == 4 and suffix not in NIFTI_SUFFIXES):
         raise CaseError(f"{path}: can write (Z, Y, X) arrays, and (T, Z, Y, X) cines as NIfTI "
                         f"only; got shape {array.shape}")

@@ -26,11 +26,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 import numpy as np
 import SimpleITK as sitk
 
-from .case import STRUCTURES, CaseError, validate_labels
+from CardiacEnsembleLib.core.case import STRUCTURES, CaseError, validate_labels
 
 #: Myocardial tissue density used by ACDC and most CMR software to turn volume into mass.
 MYOCARDIAL_DENSITY_G_PER_ML = 1.05
@@ -89,6 +90,25 @@ def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return 2.0 * int(np.count_nonzero(pred & ref)) / total
+
+
+def structure_dice(labels: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Dice of each structure (RV, Myo, LV) between two label maps."""
+    return {name: dice(labels == value, reference == value) for name, value in STRUCTURES.items()}
+
+
+def with_mean(per_structure: Mapping[str, float]) -> dict[str, float]:
+    """Per-structure values plus "mean", their average over the structures: ACDC's headline."""
+    result = {name: float(per_structure[name]) for name in STRUCTURES}
+    result["mean"] = float(np.mean([result[name] for name in STRUCTURES]))
+    return result
+
+
+def mean_dice(frames: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """(predicted, reference) label maps per frame -> mean Dice per structure over the frames,
+    and "mean" over the structures."""
+    scores = [structure_dice(labels, reference) for labels, reference in frames]
+    return with_mean({name: np.mean([s[name] for s in scores]) for name in STRUCTURES})
 
 
 # --------------------------------------------------------------------------- surfaces

@@ -15,13 +15,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .acdc import PHASES, PatientFolder
-from .case import STRUCTURES, CaseError
-from .ensemble import Ensemble
-from .fusion import FUSION_RULES
-from .inference import CancelToken, Progress
-from .metrics import ClinicalIndices, clinical_indices, score_labels
-from .postprocess import apply_steps, rival_member_steps, variant_name
+from CardiacEnsembleLib.core.case import STRUCTURES, CaseError
+from CardiacEnsembleLib.core.options import FusionRule, Method, rival_member_steps
+from CardiacEnsembleLib.core.progress import CancelToken, Progress
+from CardiacEnsembleLib.evaluation.metrics import ClinicalIndices, clinical_indices, score_labels
+from CardiacEnsembleLib.inference.ensemble import Ensemble
+from CardiacEnsembleLib.inference.postprocess import apply_steps
+from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
 
 
 @dataclass
@@ -29,7 +29,7 @@ class ScoreRow:
     patient: str
     group: str
     phase: str
-    method: str  # a member's name, or "ensemble-<rule>"
+    method: str  # `Method.name`: a member's name, or "ensemble-<rule>", + clean-up steps
     structure: str
     dice: float
     hd95_mm: float
@@ -53,24 +53,25 @@ class Evaluation:
     methods: list[str] = field(default_factory=list)
 
 
-def ensemble_method(rule: str, steps: Sequence[str] = ()) -> str:
-    return f"ensemble-{rule}{variant_name(steps)}"
-
-
 def shipped_method(ensemble: Ensemble) -> str:
     """The method name of what `segment` produces with this ensemble's own settings."""
-    return ensemble_method(ensemble.fusion, ensemble.postprocess)
+    return ensemble.method.name
 
 
 def member_methods(ensemble: Ensemble) -> list[str]:
     """Each member as the network produces it, then with the clean-ups a lone member can use
-    (`postprocess.rival_member_steps`): the rivals the ensemble must beat."""
-    return [m + variant_name(v) for v in rival_member_steps(ensemble.postprocess)
-            for m in ensemble.names]
+    (`options.rival_member_steps`): the rivals the ensemble must beat."""
+    return [m.name for m in rival_methods(ensemble)]
+
+
+def rival_methods(ensemble: Ensemble) -> list[Method]:
+    return [Method.single(name, steps) for steps in rival_member_steps(ensemble.postprocess)
+            for name in ensemble.names]
 
 
 def default_rules(ensemble: Ensemble) -> list[str]:
-    return [r for r in FUSION_RULES if r != "weighted" or ensemble.weights is not None]
+    return [r.value for r in FusionRule
+            if r != FusionRule.WEIGHTED or ensemble.weights is not None]
 
 
 def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
@@ -86,9 +87,9 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
     if "weighted" in rules and ensemble.weights is None:
         raise ValueError("the 'weighted' rule needs ensemble weights (none in the manifest)")
     variants = [()] + ([ensemble.postprocess] if ensemble.postprocess else [])
-    member_variants = rival_member_steps(ensemble.postprocess)
-    methods = member_methods(ensemble) + [ensemble_method(r, v) for v in variants for r in rules]
-    result = Evaluation(methods=methods)
+    fused = [Method.ensemble(r, v) for v in variants for r in rules]
+    rivals = rival_methods(ensemble)
+    result = Evaluation(methods=[m.name for m in rivals + fused])
     total = len(patients) * len(PHASES)
     for index, patient in enumerate(patients):
         labels: dict[str, dict[str, np.ndarray]] = {}
@@ -99,17 +100,18 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
                                 f"({patient.gt_path(phase).name}); evaluate needs it")
             member_probs, seconds = ensemble.member_probabilities(case, cancel=cancel)
             outputs: dict[str, tuple[np.ndarray, float]] = {}
-            for rule in rules:
-                for steps in variants:
-                    prediction = ensemble.fuse(case, member_probs, seconds, rule,
-                                               postprocess=steps)
-                    t = sum(prediction.timings.get(k, 0.0)
-                            for k in ("members", "fusion", "postprocess"))
-                    outputs[ensemble_method(rule, steps)] = (prediction.labels, t)
-            for member in prediction.members:
-                for steps in member_variants:
-                    cleaned = apply_steps(member.labels, steps) if steps else member.labels
-                    outputs[member.name + variant_name(steps)] = (cleaned, member.seconds)
+            for method in fused:
+                prediction = ensemble.fuse(case, member_probs, seconds, method.rule.value,
+                                           postprocess=method.steps)
+                t = sum(prediction.timings.get(k, 0.0)
+                        for k in ("members", "fusion", "postprocess"))
+                outputs[method.name] = (prediction.labels, t)
+            members = {m.name: m for m in prediction.members}
+            for method in rivals:
+                member = members[method.member]
+                cleaned = apply_steps(member.labels, method.steps) if method.steps \
+                    else member.labels
+                outputs[method.name] = (cleaned, member.seconds)
             for method in result.methods:
                 predicted, t = outputs[method]
                 labels.setdefault(method, {})[phase] = predicted

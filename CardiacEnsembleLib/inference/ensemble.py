@@ -1,12 +1,15 @@
 """Members + a fusion rule + weights: `Ensemble.predict(case) -> Prediction`.
 
+The main job is written here once: `Ensemble.volume_probabilities` runs the members on a frame
+or a cine stack (`runner.run_on_volume`), and `fuse_and_clean` fuses their probabilities and
+applies the clean-up. `predict`, cine, evaluation, selection and batch all go through them.
+
 Members whose preprocessing specs agree share one preprocessing pass; every member's
 probabilities go back to the case's own grid on the device, and fusion runs there too, so the
 only host copies are the final label maps.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,24 +18,47 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .case import Case, MemberOutput, Prediction
-from .fusion import FUSION_RULES, MemberWeight, fuse, member_counts
-from .inference import (CancelToken, Progress, optimize_for_inference, pick_device,
-                        predict_slices)
-from .members import Member, MemberError, load_member
-from .postprocess import apply_steps, check_steps, lone_member_steps, variant_name
-from .preprocess import PreprocessSpec, prepare_slices, restore_probabilities, stack_neighbours
+from CardiacEnsembleLib.core.case import Case, MemberOutput, Prediction
+from CardiacEnsembleLib.core.errors import MemberError
+from CardiacEnsembleLib.core.manifest import (DEFAULT_MODELS_DIR, MANIFEST_FILE,  # noqa: F401
+                                              WeightTable, read_manifest)
+from CardiacEnsembleLib.core.options import FusionRule, Method
+from CardiacEnsembleLib.core.progress import CancelToken, Progress
+from CardiacEnsembleLib.inference.fusion import FusionResult, fuse
+from CardiacEnsembleLib.inference.members import Member, load_member
+from CardiacEnsembleLib.inference.postprocess import apply_steps, check_steps, lone_member_steps
+from CardiacEnsembleLib.inference.preprocess import PreprocessSpec, prepare_slices
+from CardiacEnsembleLib.inference.runner import (add_stage, optimize_for_inference, pick_device,
+                                                 run_on_volume)
 
-MANIFEST_FILE = "manifest.json"
-DEFAULT_MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+def fuse_and_clean(rule: str, member_probs: torch.Tensor, weights: Optional[WeightTable] = None,
+                   steps: Sequence[str] = (), volumes: int = 1) -> FusionResult:
+    """Fuse (M, C, N, Y, X) member probabilities with `rule`, then clean the fused labels with
+    `steps`, volume by volume (N = `volumes` x Z slices: one frame, or a cine chunk).
+
+    `weights` are used by the "weighted" rule only. The members' own label maps and the
+    uncertainty maps stay as fusion made them; only `labels` is cleaned.
+    """
+    result = fuse(rule, member_probs, weights if rule == FusionRule.WEIGHTED else None)
+    steps = check_steps(steps)
+    if steps:
+        shape = result.labels.shape
+        labels = np.asarray(result.labels, dtype=np.uint8).reshape(volumes, -1, *shape[-2:])
+        member_labels = result.member_labels.cpu().numpy().reshape(
+            member_probs.shape[0], volumes, -1, *shape[-2:])
+        for t in range(volumes):
+            labels[t] = apply_steps(labels[t], steps, member_labels[:, t])
+        result.labels = labels.reshape(shape)
+    return result
 
 
 @dataclass
 class Ensemble:
     members: list[Member]
     fusion: str = "mean"
-    # one per member (a number, or one per class), used by the "weighted" rule
-    weights: Optional[list[MemberWeight]] = None
+    weights: Optional[WeightTable] = None  # rows follow `members`; the "weighted" rule's
+
     tta: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
@@ -41,19 +67,23 @@ class Ensemble:
     def __post_init__(self) -> None:
         if not self.members:
             raise ValueError("an ensemble needs at least one member")
-        if self.fusion not in FUSION_RULES:
-            raise ValueError(f"unknown fusion rule {self.fusion!r}; choose one of "
-                             f"{', '.join(FUSION_RULES)}")
-        if self.weights is not None and len(self.weights) != len(self.members):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        self.fusion = FusionRule.parse(self.fusion, "fusion rule").value
         self.postprocess = check_steps(self.postprocess)
         names = [m.name for m in self.members]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique, got {names}")
+        if self.weights is not None and list(self.weights.names) != names:
+            raise ValueError(f"weights for members {list(self.weights.names)}, but the "
+                             f"ensemble's members are {names}")
 
     @property
     def names(self) -> list[str]:
         return [m.name for m in self.members]
+
+    @property
+    def method(self) -> Method:
+        """What `predict` produces with this ensemble's own settings."""
+        return Method.ensemble(self.fusion, self.postprocess)
 
     def subset(self, names: Sequence[str]) -> "Ensemble":
         """The same ensemble restricted to some members (weights follow their members)."""
@@ -68,8 +98,9 @@ class Ensemble:
 
     def _keeping(self, keep: Sequence[int]) -> "Ensemble":
         """The same settings for the members at `keep` (weights follow their members)."""
-        weights = None if self.weights is None else [self.weights[i] for i in keep]
-        return replace(self, members=[self.members[i] for i in keep], weights=weights)
+        members = [self.members[i] for i in keep]
+        weights = None if self.weights is None else self.weights.subset([m.name for m in members])
+        return replace(self, members=members, weights=weights)
 
     def active(self, rule: Optional[str] = None) -> "Ensemble":
         """The ensemble without members that cannot change `rule`'s result (default: its own).
@@ -80,9 +111,10 @@ class Ensemble:
         no part in the gate step's slice vote.
         """
         rule = rule or self.fusion
-        if rule != "weighted" or self.weights is None or all(map(member_counts, self.weights)):
+        if rule != FusionRule.WEIGHTED or self.weights is None or \
+                all(map(self.weights.counts, self.names)):
             return self
-        keep = [i for i, w in enumerate(self.weights) if member_counts(w)]
+        keep = [i for i, name in enumerate(self.names) if self.weights.counts(name)]
         if not keep:
             raise ValueError(f"every member of {self.names} has weight 0")
         return replace(self._keeping(keep), fusion=rule)
@@ -114,20 +146,18 @@ class Ensemble:
             spec = member.spec.preprocess
             if spec not in prepared:
                 prepared[spec] = prepare_slices(volume, spacing_zyx, spec)
-                _add_stage(timings, "preprocess", started, self.device)
+                add_stage(timings, "preprocess", started, self.device)
             slices, grid = prepared[spec]
-            slices = stack_neighbours(slices, int(volume.shape[-3]), member.spec.context_slices)
 
             def report(done, _total, _label, offset=index * slices_per_member, name=member.name):
                 if progress is not None:
                     progress(offset + done, total, name)
 
-            t0 = time.perf_counter()
-            probabilities = predict_slices(member.network, slices, tta=self.tta,
-                                           progress=report, cancel=cancel, label=member.name)
-            t1 = _add_stage(timings, "network", t0, self.device)
-            per_member.append(restore_probabilities(probabilities, grid).transpose(0, 1))
-            _add_stage(timings, "restore", t1, self.device)
+            probabilities = run_on_volume(member.network, slices, grid, int(volume.shape[-3]),
+                                          member.spec.context_slices, tta=self.tta,
+                                          progress=report, cancel=cancel, label=member.name,
+                                          timings=timings)
+            per_member.append(probabilities.transpose(0, 1))
             seconds.append(time.perf_counter() - started)
         return torch.stack(per_member), seconds
 
@@ -163,15 +193,16 @@ class Ensemble:
         timings = dict(timings or {})
         timings["members"] = float(sum(seconds))
         t0 = time.perf_counter()
-        result = fuse(rule, member_probs, self.weights if rule == "weighted" else None)
-        member_labels = result.member_labels.cpu().numpy()
-        labels = np.asarray(result.labels, dtype=np.uint8)
+        raw = fuse_and_clean(rule, member_probs, self.weights)
         timings["fusion"] = time.perf_counter() - t0
+        member_labels = raw.member_labels.cpu().numpy()
+        labels = np.asarray(raw.labels, dtype=np.uint8)
         steps = self.postprocess if postprocess is None else check_steps(postprocess)
         if steps:
             t0 = time.perf_counter()
             labels = apply_steps(labels, steps, member_labels)
             timings["postprocess"] = time.perf_counter() - t0
+        result = raw
         members = [MemberOutput(m.name, member_labels[i], float(seconds[i]),
                                 member_probs[i].cpu().numpy() if keep_member_probabilities
                                 else None) for i, m in enumerate(self.members)]
@@ -181,33 +212,10 @@ class Ensemble:
                           probabilities=probabilities, members=members,
                           uncertainty=result.uncertainty.float().cpu().numpy(),
                           disagreement=result.disagreement.float().cpu().numpy(),
-                          geometry=case.geometry, fusion=rule + variant_name(steps),
+                          geometry=case.geometry,
+                          fusion=rule + Method.ensemble(rule, steps).suffix,
                           device=str(self.device),
                           timings=timings, case_name=case.name)
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _add_stage(timings: dict, stage: str, started: float, device: torch.device) -> float:
-    """Add the time since `started` to `timings[stage]` (after the GPU caught up); return now."""
-    _synchronize(device)
-    now = time.perf_counter()
-    timings[stage] = timings.get(stage, 0.0) + now - started
-    return now
-
-
-def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> dict:
-    models_dir = Path(models_dir)
-    path = models_dir / MANIFEST_FILE
-    if not path.is_file():
-        raise MemberError(f"{models_dir}: no {MANIFEST_FILE} (the list of ensemble members)")
-    manifest = json.loads(path.read_text())
-    if not manifest.get("members"):
-        raise MemberError(f"{path}: lists no members")
-    return manifest
 
 
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
@@ -219,84 +227,25 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     Every member is verified (sha256 against the manifest and its own spec) before loading;
     `optimize` folds BatchNorm into the convolutions (`inference.optimize_for_inference`).
     """
-    models_dir = Path(models_dir)
     manifest = read_manifest(models_dir)
     torch_device = pick_device(device)
-    entries = manifest["members"]
+    entries = manifest.members
     if members is not None:
-        by_name = {e["name"]: e for e in entries}
-        unknown = [n for n in members if n not in by_name]
+        unknown = [n for n in members if n not in manifest.names]
         if unknown:
-            raise MemberError(f"{models_dir / MANIFEST_FILE}: no member(s) named {unknown}; "
-                              f"available: {sorted(by_name)}")
-        entries = [by_name[n] for n in members]
+            raise MemberError(f"{manifest.path}: no member(s) named {unknown}; "
+                              f"available: {sorted(manifest.names)}")
+        entries = [manifest.member(n) for n in members]
     loaded = []
     for entry in entries:
-        member = load_member(models_dir / entry["folder"], torch_device)
-        if entry.get("sha256") and entry["sha256"] != member.spec.weights_sha256:
-            raise MemberError(f"{models_dir / MANIFEST_FILE}: sha256 of member "
-                              f"{entry['name']!r} differs from its folder's spec")
+        member = load_member(manifest.models_dir / entry.folder, torch_device)
+        if entry.sha256 and entry.sha256 != member.spec.weights_sha256:
+            raise MemberError(f"{manifest.path}: sha256 of member "
+                              f"{entry.name!r} differs from its folder's spec")
         if optimize:
             optimize_for_inference(member.network)
         loaded.append(member)
-    weights_by_name = manifest.get("weights") or {}
-    weights = [_member_weight(weights_by_name[m.name]) for m in loaded] \
-        if all(m.name in weights_by_name for m in loaded) and weights_by_name else None
-    rule = fusion or manifest.get("fusion", "mean")
-    steps = tuple(manifest.get("postprocess") or ()) if postprocess is None else postprocess
-    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.get("description", ""),
-                    steps)
-
-
-def _member_weight(value) -> MemberWeight:
-    """A manifest weight: a number, or a list of one number per class (background first)."""
-    return [float(v) for v in value] if isinstance(value, list) else float(value)
-
-
-def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, name: str,
-                   version: str, fusion: str = "mean", weights: Optional[dict] = None,
-                   note: str = "", description: str = "") -> Path:
-    """Describe the members in `models_dir` as data (the model zoo's manifest.json).
-
-    Each entry records the folder, sha256 and size of its weights, so a swapped file is caught
-    before loading; `load_ensemble` checks them.
-    """
-    from .members import WEIGHTS_FILE, verify_member
-
-    models_dir = Path(models_dir)
-    entries = []
-    for folder in member_folders:
-        folder = Path(folder)
-        spec = verify_member(folder)
-        entries.append({"name": spec.name, "folder": folder.relative_to(models_dir).as_posix(),
-                        "arch": spec.arch, "encoder": spec.encoder,
-                        "context_slices": spec.context_slices, "version": spec.version,
-                        "sha256": spec.weights_sha256,
-                        "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
-                        "validation": spec.metrics.get("validation_dice"),
-                        "download_url": None})
-    manifest = {"name": name, "version": version, "fusion": fusion, "weights": weights or {},
-                "note": note, "description": description, "members": entries}
-    return _write_json(models_dir / MANIFEST_FILE, manifest)
-
-
-def update_manifest(models_dir: Path | str, updates: dict) -> Path:
-    """Merge settings (chosen on validation) or metrics (measured on test) into manifest.json.
-
-    Why a merge and not a rewrite: the member entries and their sha256 describe the weights and
-    must not change when only the ensemble's settings or its report change. Keys that would
-    touch them are refused.
-    """
-    if "members" in updates:
-        raise ValueError("update_manifest does not change member entries; re-ship the members")
-    models_dir = Path(models_dir)
-    manifest = read_manifest(models_dir)
-    manifest.update(updates)
-    return _write_json(models_dir / MANIFEST_FILE, manifest)
-
-
-def _write_json(path: Path, data: dict) -> Path:
-    staging = path.with_name(path.name + ".partial")
-    staging.write_text(json.dumps(data, indent=1) + "\n")
-    staging.replace(path)
-    return path
+    rule = fusion or manifest.fusion.value
+    steps = manifest.postprocess if postprocess is None else postprocess
+    return Ensemble(loaded, rule, manifest.weights_for([m.name for m in loaded]), tta,
+                    torch_device, manifest.description, steps)

@@ -31,7 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-FUSION_RULES: tuple[str, ...] = ("mean", "weighted", "vote", "staple")
+from CardiacEnsembleLib.core.manifest import WeightTable
+from CardiacEnsembleLib.core.options import FUSION_RULES  # noqa: F401  (the one rule list)
 
 #: What SimpleITK writes for a tied voxel. Outside every label a uint8 map can carry here
 #: (labels must be < 255), so a tie can never be mistaken for a real label.
@@ -43,9 +44,11 @@ STAPLE_MAX_ITERATIONS = 100
 
 #: One member's weight: a number (every class alike) or one number per class (background first).
 MemberWeight = Union[float, Sequence[float]]
+#: What fusion takes as weights: a `WeightTable`, or one `MemberWeight` per member.
+Weights = Union[WeightTable, Sequence[MemberWeight]]
 
 
-def _normalised_weights(weights: Sequence[MemberWeight], num_members: int,
+def _normalised_weights(weights: Weights, num_members: int,
                         num_classes: int) -> torch.Tensor:
     """Check weights and return them as an (M, C) float64 table whose columns sum to 1.
 
@@ -58,7 +61,7 @@ def _normalised_weights(weights: Sequence[MemberWeight], num_members: int,
     one, and a class that no member may vote for has no meaning; both are configuration mistakes
     worth stopping on.
     """
-    rows = list(weights)
+    rows = weights.table.tolist() if isinstance(weights, WeightTable) else list(weights)
     if len(rows) != num_members:
         raise ValueError(f"fusion weights {rows} have {len(rows)} entries but there are "
                          f"{num_members} members; give one weight per member")
@@ -84,22 +87,6 @@ def _normalised_weights(weights: Sequence[MemberWeight], num_members: int,
     return table / totals
 
 
-def is_per_class(weights: Optional[Sequence[MemberWeight]]) -> bool:
-    """True when any member's weight is a per-class list (the fused maps need renormalising)."""
-    return weights is not None and any(isinstance(w, (list, tuple)) for w in weights)
-
-
-def weight_text(weight: MemberWeight) -> str:
-    """A member's weight as text: 0.664, or 0.473/0.000/0.350/0.550 per class."""
-    return "/".join(f"{w:.3f}" for w in weight) if isinstance(weight, (list, tuple)) else \
-        f"{weight:.3f}"
-
-
-def member_counts(weight: MemberWeight) -> bool:
-    """Whether a member with this weight can change a weighted fusion at all."""
-    return any(w > 0 for w in weight) if isinstance(weight, (list, tuple)) else weight > 0
-
-
 def _check_member_probs(member_probs: torch.Tensor) -> None:
     if not isinstance(member_probs, torch.Tensor):
         raise TypeError(f"member probabilities must be a torch.Tensor, got "
@@ -117,7 +104,7 @@ def _check_member_probs(member_probs: torch.Tensor) -> None:
 
 
 def mean_probabilities(member_probs: torch.Tensor,
-                       weights: Optional[Sequence[MemberWeight]] = None) -> torch.Tensor:
+                       weights: Optional[Weights] = None) -> torch.Tensor:
     """Average the members' softmax maps: (M, C, ...) -> float32 (C, ...), on the input's device.
 
     `weights` (one per member: a number, or a list of one number per class; non-negative) are
@@ -136,8 +123,9 @@ def mean_probabilities(member_probs: torch.Tensor,
         for member in member_probs:  # M is a handful of networks
             fused.add_(member, alpha=1.0 / num_members)
         return fused
-    table = _normalised_weights(weights, num_members, num_classes).tolist()
-    for member, row in zip(member_probs, table):
+    normalised = _normalised_weights(weights, num_members, num_classes)
+    per_class = bool((normalised != normalised[:, :1]).any())
+    for member, row in zip(member_probs, normalised.tolist()):
         if len(set(row)) == 1:  # one weight for every class
             if row[0]:
                 fused.add_(member, alpha=row[0])
@@ -145,7 +133,7 @@ def mean_probabilities(member_probs: torch.Tensor,
         for plane, member_plane, weight in zip(fused, member, row):
             if weight:
                 plane.add_(member_plane, alpha=weight)
-    if is_per_class(weights):
+    if per_class:  # columns no longer sum to 1 voxel by voxel
         fused.div_(fused.sum(dim=0, keepdim=True).clamp_min_(1e-12))
     return fused
 
@@ -295,7 +283,7 @@ class FusionResult:
 
 
 def _check_fuse_inputs(rule: str, member_probs: torch.Tensor,
-                       weights: Optional[Sequence[MemberWeight]]) -> None:
+                       weights: Optional[Weights]) -> None:
     if rule not in FUSION_RULES:
         raise ValueError(f"unknown fusion rule {rule!r}; valid rules are "
                          f"{', '.join(FUSION_RULES)}")
@@ -309,7 +297,7 @@ def _check_fuse_inputs(rule: str, member_probs: torch.Tensor,
     if rule == "weighted" and weights is None:
         raise ValueError("fusion rule 'weighted' needs weights, one per member")
     if rule != "weighted" and weights is not None:
-        raise ValueError(f"fusion rule {rule!r} takes no weights (got {list(weights)}); use rule "
+        raise ValueError(f"fusion rule {rule!r} takes no weights (got {weights.to_json() if isinstance(weights, WeightTable) else list(weights)}); use rule "
                          f"'weighted' to weight members, or pass weights=None")
 
 
@@ -331,7 +319,7 @@ def class_argmax(probs: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def fuse(rule: str, member_probs: torch.Tensor,
-         weights: Optional[Sequence[MemberWeight]] = None) -> FusionResult:
+         weights: Optional[Weights] = None) -> FusionResult:
     """Fuse (M, C, Z, Y, X) member probabilities with one of `FUSION_RULES`.
 
     * "mean": argmax of the members' average probabilities.

@@ -17,8 +17,8 @@ Two steps, each a known remedy for a known failure of 2D slice-wise networks:
   LV as one mask) before "lcc" runs. A fused map can hold a second, heart-like object away from
   the heart (an LV-coloured blob ringed by "myocardium" in the stomach); when that blob is larger
   than the true cavity, per-structure "lcc" keeps the blob and drops the cavity. The heart is one
-  object, so a disconnected object is wrong whatever its labels. (This failure was seen on a test
-  frame of release 1.1; whether the step ships is decided on validation like every other step.)
+  object, so a disconnected object is wrong whatever its labels. Whether the step ships is
+  decided on validation like every other step.
 
 All only ever turn foreground into background, so none can invent a structure.
 """
@@ -29,37 +29,10 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-POSTPROCESS_STEPS: tuple[str, ...] = ("lcc", "gate", "heart")
+from CardiacEnsembleLib.core.options import (POSTPROCESS_STEPS, check_steps,  # noqa: F401
+                                             lone_member_steps, rival_member_steps)
+
 GATE_MIN_PIXELS = 20  # a member "sees" a slice's heart when it labels this many pixels
-
-
-def check_steps(steps: Sequence[str]) -> tuple[str, ...]:
-    unknown = [s for s in steps if s not in POSTPROCESS_STEPS]
-    if unknown:
-        raise ValueError(f"unknown post-processing step(s) {unknown}; known: "
-                         f"{', '.join(POSTPROCESS_STEPS)}")
-    return tuple(s for s in POSTPROCESS_STEPS if s in steps)  # one fixed order
-
-
-def lone_member_steps(steps: Sequence[str]) -> tuple[str, ...]:
-    """The steps a single member can get on its own: gating needs the other members'
-    opinions, so a lone member keeps only the connected-component step."""
-    return tuple(s for s in check_steps(steps) if s != "gate")
-
-
-def rival_member_steps(steps: Sequence[str]) -> list[tuple[str, ...]]:
-    """The post-processing variants each lone member is scored with when it is the rival an
-    ensemble shipping `steps` must beat: raw, largest component, and the lone part of `steps`.
-
-    Why always the largest component, even when the ensemble ships without it: a single network
-    plus that clean-up is a pipeline anyone can run, so the best member is taken over all of
-    these, and an ensemble cannot win its comparison by dropping a clean-up its rival needs."""
-    return list(dict.fromkeys([(), ("lcc",), lone_member_steps(steps)]))  # in order, once each
-
-
-def variant_name(steps: Sequence[str]) -> str:
-    """A short tag for method names: "" for none, else "+lcc", "+gate", "+lcc+heart", ..."""
-    return "".join(f"+{s}" for s in check_steps(steps))
 
 
 def keep_largest_components(labels: np.ndarray) -> np.ndarray:

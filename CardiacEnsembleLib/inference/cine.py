@@ -16,12 +16,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .case import Geometry
-from .ensemble import Ensemble
-from .fusion import fuse
-from .postprocess import apply_steps
-from .inference import CancelToken, Progress
-from .metrics import volume_ml
+from CardiacEnsembleLib.core.case import Geometry
+from CardiacEnsembleLib.core.labels import STRUCTURES
+from CardiacEnsembleLib.core.progress import CancelToken, Progress
+from CardiacEnsembleLib.evaluation.metrics import volume_ml
+from CardiacEnsembleLib.inference.ensemble import Ensemble, fuse_and_clean
 
 #: Upper bound for one chunk's member probabilities (M x C x slices x Y x X float32).
 CHUNK_BYTES = 512 * 2**20
@@ -70,7 +69,6 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
     spacing = geometry.spacing_zyx
     labels = np.empty(cine.shape, dtype=np.uint8)
     timings: dict[str, float] = {}
-    weights = ensemble.weights if ensemble.fusion == "weighted" else None
     for start in range(0, frames, chunk):
         stop = min(start + chunk, frames)
         stack = torch.from_numpy(np.ascontiguousarray(cine[start:stop], dtype=np.float32))
@@ -83,19 +81,12 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
 
         member_probs, _ = ensemble.volume_probabilities(stack, spacing, report, cancel, timings)
         t0 = time.perf_counter()
-        fused = fuse(ensemble.fusion, member_probs, weights)
+        fused = fuse_and_clean(ensemble.fusion, member_probs, ensemble.weights,
+                               ensemble.postprocess, volumes=stop - start)
         labels[start:stop] = fused.labels.reshape(stop - start, *cine.shape[1:])
         timings["fusion"] = timings.get("fusion", 0.0) + time.perf_counter() - t0
-        if ensemble.postprocess:  # per frame, as `Ensemble.predict` does for one frame
-            t0 = time.perf_counter()
-            member_labels = fused.member_labels.cpu().numpy().reshape(
-                len(ensemble.members), stop - start, *cine.shape[1:])
-            for t in range(start, stop):
-                labels[t] = apply_steps(labels[t], ensemble.postprocess,
-                                        member_labels[:, t - start])
-            timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - t0
     volumes = {name: np.array([volume_ml(frame, value, spacing) for frame in labels])
-               for name, value in (("RV", 1), ("Myo", 2), ("LV", 3))}
+               for name, value in STRUCTURES.items()}
     return CineSegmentation(labels, geometry, volumes, time.perf_counter() - started, timings)
 
 

@@ -16,15 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-#: ACDC labels; index = label value.
-LABEL_NAMES: tuple[str, ...] = ("background", "RV cavity", "LV myocardium", "LV cavity")
-#: Foreground structures with their label value, in report order.
-STRUCTURES: dict[str, int] = {"RV": 1, "Myo": 2, "LV": 3}
-NUM_CLASSES = len(LABEL_NAMES)
-
-
-class CaseError(ValueError):
-    """Input that cannot be used as a case; the message names the file and the problem."""
+from .errors import CaseError  # noqa: F401  (raised here; defined with the other errors)
+from .labels import LABEL_NAMES, NUM_CLASSES, STRUCTURES  # noqa: F401
+from .options import Method
 
 
 @dataclass(frozen=True)
@@ -166,6 +160,12 @@ class Prediction:
     device: str
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     case_name: str = ""
+
+    @property
+    def method(self) -> Method:
+        """What produced `labels`: the ensemble's rule and clean-up (`fusion`, e.g. "weighted+lcc")."""
+        rule, *steps = self.fusion.split("+")
+        return Method.ensemble(rule, steps)
 
     @property
     def member_labels(self) -> dict[str, np.ndarray]:

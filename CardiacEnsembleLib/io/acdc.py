@@ -14,8 +14,8 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from .case import Case, CaseError, Geometry, validate_labels
-from .io import read_image
+from CardiacEnsembleLib.core.case import Case, CaseError, Geometry, validate_labels
+from CardiacEnsembleLib.io.images import read_image
 
 PHASES = ("ED", "ES")
 _PATIENT_DIR = re.compile(r"^patient\d{3}$")

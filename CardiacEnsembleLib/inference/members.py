@@ -9,7 +9,6 @@ any smp version that knows the architecture.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import shutil
@@ -19,17 +18,14 @@ from typing import Any
 
 import torch
 
-from .case import LABEL_NAMES, NUM_CLASSES
-from .preprocess import PreprocessSpec
+from CardiacEnsembleLib.core.errors import MemberError, OutputExistsError
+from CardiacEnsembleLib.core.labels import LABEL_NAMES, NUM_CLASSES
+from CardiacEnsembleLib.core.manifest import WEIGHTS_FILE, sha256_of  # noqa: F401
+from CardiacEnsembleLib.inference.preprocess import PreprocessSpec
 
 SPEC_FILE = "member.json"
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SPEC_VERSION = 1
-
-
-class MemberError(ValueError):
-    """A member folder that cannot be trusted or loaded; the message says which file and why."""
 
 
 @dataclass
@@ -91,14 +87,6 @@ def create_network(spec: MemberSpec) -> torch.nn.Module:
                           f"encoder={spec.encoder!r} {spec.model_kwargs}: {error}") from error
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class Member:
     spec: MemberSpec
@@ -116,7 +104,7 @@ def save_member(network: torch.nn.Module, spec: MemberSpec, folder: Path | str, 
     within fp16 rounding). Refuses to replace an existing member unless `overwrite`."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder}: already holds files; refusing to overwrite a member "
+        raise OutputExistsError(f"{folder}: already holds files; refusing to overwrite a member "
                               f"(pass overwrite=True)")
     staging = folder.with_name(folder.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)

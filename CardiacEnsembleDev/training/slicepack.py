@@ -33,10 +33,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .fusion import class_argmax
-from .inference import predict_slices
-from .preprocess import PreprocessSpec, crop_or_pad, padded_size, stack_neighbours, uncrop
-from .training import (SliceSet, assemble_slice_set, load_split_cases, mean_dice,
+from CardiacEnsembleLib.inference.fusion import class_argmax
+from CardiacEnsembleLib.inference.runner import run_on_volume
+from CardiacEnsembleLib.inference.preprocess import (PreprocessSpec, SliceGrid, crop_or_pad,
+                                                     padded_size)
+from CardiacEnsembleDev.training.training import (SliceSet, assemble_slice_set, load_split_cases, mean_dice,
                        prepare_frame)
 
 PACK_VERSION = 1
@@ -150,12 +151,12 @@ def pack_validation_dice(network: torch.nn.Module, frames: Sequence[PackedFrame]
     network.eval()
 
     def predicted(frame: PackedFrame) -> np.ndarray:
-        slices = stack_neighbours(frame.slices().to(device), frame.image.shape[0],
-                                  context_slices)
+        slices = frame.slices().to(device)  # already at the member's spacing: pad only
         hw = tuple(slices.shape[-2:])
-        padded, offsets = crop_or_pad(slices, padded_size(hw, size_multiple),
-                                      fill=float(slices.min()))
-        probabilities = uncrop(predict_slices(network, padded), hw, offsets)
+        network_hw = padded_size(hw, size_multiple)
+        padded, offsets = crop_or_pad(slices, network_hw, fill=float(slices.min()))
+        probabilities = run_on_volume(network, padded, SliceGrid(hw, hw, offsets, network_hw),
+                                      frame.image.shape[0], context_slices)
         return class_argmax(probabilities, dim=1).cpu().numpy()
 
     return mean_dice((predicted(frame), frame.labels) for frame in frames)

@@ -14,10 +14,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .acdc import PHASES
-from .benchmark import BenchmarkResult
-from .case import STRUCTURES
-from .evaluation import Evaluation, ScoreRow, _mean_sd, summary_table
+from CardiacEnsembleLib.io.acdc import PHASES
+from CardiacEnsembleDev.release.benchmark import BenchmarkResult
+from CardiacEnsembleLib.core.case import STRUCTURES
+from CardiacEnsembleLib.core.options import Method
+from CardiacEnsembleLib.evaluation.metrics import with_mean
+from CardiacEnsembleLib.evaluation.scoring import Evaluation, ScoreRow, _mean_sd, summary_table
 
 #: The issue's bar for the shipped ensemble on the test split.
 TARGET_MEAN_DICE = 0.89
@@ -32,9 +34,7 @@ def mean_dice(evaluation: Evaluation, method: str) -> dict[str, float]:
     rows = [r for r in evaluation.scores if r.method == method]
     if not rows:
         raise ValueError(f"no scores for method {method!r}; have {evaluation.methods}")
-    result = {s: float(np.mean([r.dice for r in rows if r.structure == s])) for s in STRUCTURES}
-    result["mean"] = float(np.mean([result[s] for s in STRUCTURES]))
-    return result
+    return with_mean({s: np.mean([r.dice for r in rows if r.structure == s]) for s in STRUCTURES})
 
 
 def best_member(evaluation: Evaluation, member_methods: Sequence[str]) -> str:
@@ -171,10 +171,10 @@ def plot_dice_boxes(evaluation: Evaluation, methods: Sequence[str], png_path: Pa
     for axis, structure in zip(axes, STRUCTURES):
         data = [[r.dice for r in evaluation.scores if r.method == m and r.structure == structure]
                 for m in methods]
-        boxes = axis.boxplot(data, vert=True, patch_artist=True, showfliers=True,
+        boxes = axis.boxplot(data, orientation="vertical", patch_artist=True, showfliers=True,
                              flierprops={"markersize": 3})
         for patch, method in zip(boxes["boxes"], methods):
-            patch.set_facecolor("#f4a261" if method.startswith("ensemble") else "#8ecae6")
+            patch.set_facecolor("#f4a261" if Method.parse(method).is_ensemble else "#8ecae6")
         axis.set_xticks(range(1, len(methods) + 1), methods, rotation=60, ha="right",
                         fontsize=7)
         axis.set_title(f"{structure} Dice per frame", fontsize=9)
@@ -203,7 +203,7 @@ def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
                 seconds = benchmark.config(name).median_frame
         dice = mean_dice(evaluation, method)["mean"]
         colour = "#e76f51" if method == shipped else (
-            "#f4a261" if method.startswith("ensemble") else "#219ebc")
+            "#f4a261" if Method.parse(method).is_ensemble else "#219ebc")
         axis.scatter(seconds, dice, s=60 if method == shipped else 30, color=colour, zorder=3)
         labels.append(axis.annotate(method, (seconds, dice), fontsize=6.5, xytext=(4, 2),
                                     textcoords="offset points"))
@@ -262,7 +262,7 @@ def write_report(evaluation: Evaluation, path: Path, *, shipped: str,
     path.parent.mkdir(parents=True, exist_ok=True)
     boxes = path.with_name(path.stem + "_dice_boxes.png")
     cost = path.with_name(path.stem + "_accuracy_cost.png")
-    shown = list(member_methods) + [m for m in evaluation.methods if m.startswith("ensemble")]
+    shown = list(member_methods) + [m for m in evaluation.methods if Method.parse(m).is_ensemble]
     plot_dice_boxes(evaluation, shown, boxes)
     plot_accuracy_cost(evaluation, cost, benchmark, shipped)
     text = [f"# {title}", "",

@@ -29,7 +29,7 @@ class StudyResult:
 def _ensemble(models_dir: Optional[str], device: str, fusion: Optional[str], threads: int):
     import torch
 
-    from .ensemble import DEFAULT_MODELS_DIR, load_ensemble
+    from CardiacEnsembleLib.inference.ensemble import DEFAULT_MODELS_DIR, load_ensemble
 
     if threads:
         torch.set_num_threads(threads)
@@ -47,9 +47,10 @@ def segment_study(folder: str, out_dir: str, models_dir: Optional[str] = None,
     import os
     import socket
 
-    from . import io
-    from .acdc import PHASES, PatientFolder
-    from .metrics import score_labels
+    from CardiacEnsembleLib import io
+    from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
+    from CardiacEnsembleLib.io.outputs import frame_output
+    from CardiacEnsembleLib.evaluation.metrics import score_labels
 
     started = time.perf_counter()
     ensemble = _ensemble(models_dir, device, fusion, threads)
@@ -57,7 +58,7 @@ def segment_study(folder: str, out_dir: str, models_dir: Optional[str] = None,
     outputs, dice = [], {}
     for phase in PHASES:
         case = patient.load(phase)
-        target = Path(out_dir) / f"{patient.patient_id}_{phase}_seg.nii.gz"
+        target = frame_output(out_dir, patient.patient_id, phase)
         prediction = ensemble.predict(case)
         io.write_image(target, prediction.labels, case.geometry, overwrite=overwrite,
                        reference=patient.frame_path(phase))
@@ -80,18 +81,15 @@ def segment_studies(folders: Sequence[Path], out_dir: Path, *, workers: int = 2,
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
-    from .acdc import PHASES, PatientFolder
-    from .io import OutputExistsError
+    from CardiacEnsembleLib.core.errors import refuse_existing
+    from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
+    from CardiacEnsembleLib.io.outputs import frame_output
 
     out_dir = Path(out_dir)
-    if not overwrite:
-        for folder in folders:
-            patient = PatientFolder.open(folder)
-            for phase in PHASES:
-                target = out_dir / f"{patient.patient_id}_{phase}_seg.nii.gz"
-                if target.exists():
-                    raise OutputExistsError(f"{target}: already exists; refusing to overwrite "
-                                            f"it (pass --overwrite to replace it)")
+    for folder in folders:
+        patient = PatientFolder.open(folder)
+        refuse_existing([frame_output(out_dir, patient.patient_id, phase) for phase in PHASES],
+                        overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     cluster = None
     if scheduler is None:

@@ -23,15 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .acdc import (PHASES, SplitLeakError, check_no_test_patients, find_patients,  # noqa: F401
+from CardiacEnsembleLib.io.acdc import (PHASES, SplitLeakError, check_no_test_patients, find_patients,  # noqa: F401
                    load_splits)
-from .case import NUM_CLASSES, STRUCTURES, Case
-from .fusion import class_argmax
-from .inference import CancelToken, Progress, predict_slices
-from .members import (Member, MemberError, MemberSpec, create_network, load_member,
+from CardiacEnsembleLib.core.case import NUM_CLASSES, STRUCTURES, Case
+from CardiacEnsembleLib.inference.fusion import class_argmax
+from CardiacEnsembleLib.inference.runner import CancelToken, Progress, run_on_volume
+from CardiacEnsembleLib.inference.members import (Member, MemberError, MemberSpec, create_network, load_member,
                       save_member)
-from .metrics import dice
-from .preprocess import (PreprocessSpec, crop_or_pad, prepare_slices, resample_slices,
+from CardiacEnsembleLib.evaluation.metrics import dice, mean_dice  # noqa: F401
+from CardiacEnsembleLib.inference.preprocess import (PreprocessSpec, crop_or_pad, prepare_slices, resample_slices,
                          restore_probabilities, stack_neighbours)
 
 
@@ -213,23 +213,11 @@ def validation_dice(network: torch.nn.Module, cases: Sequence[Case], spec: Membe
     def predicted(case: Case) -> np.ndarray:
         slices, grid = prepare_slices(torch.from_numpy(case.image).to(device), case.spacing_zyx,
                                       spec.preprocess)
-        slices = stack_neighbours(slices, case.image.shape[0], spec.context_slices)
-        probabilities = restore_probabilities(predict_slices(network, slices), grid)
+        probabilities = run_on_volume(network, slices, grid, case.image.shape[0],
+                                      spec.context_slices)
         return class_argmax(probabilities, dim=1).cpu().numpy()
 
     return mean_dice((predicted(case), case.labels) for case in cases)
-
-
-def mean_dice(frames: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """(predicted, reference) label maps per frame -> mean 3D Dice per structure, and 'mean'
-    over the structures: the number a best epoch is chosen by."""
-    scores: dict[str, list[float]] = {name: [] for name in STRUCTURES}
-    for labels, reference in frames:
-        for name, value in STRUCTURES.items():
-            scores[name].append(dice(labels == value, reference == value))
-    result = {name: float(np.mean(values)) for name, values in scores.items()}
-    result["mean"] = float(np.mean([result[name] for name in STRUCTURES]))
-    return result
 
 
 @dataclass

@@ -6,7 +6,7 @@ Everything here reads validation patients only (`collect_validation_frames` take
 report. The members run once per frame; every candidate setting is then scored on the same
 stored member probabilities.
 
-Weight search has two optimisers, both reported:
+Weight search runs four searches, all reported:
 
 * **random search** (the seed project's method): weights drawn uniformly from the simplex
   (Dirichlet(1)), equal weights as the first draw, the best draw kept;
@@ -15,14 +15,15 @@ Weight search has two optimisers, both reported:
   objective is piecewise constant in the weights (an argmax decides each voxel), so gradients are
   useless; coordinate moves are the cheap, deterministic search that handles that;
 * **per-class coordinate ascent**: the same moves on one weight per member *and class*, started
-  from the member-level answer, because members are good at different structures.
+  from the member-level answer, because members are good at different structures;
+* the same per-class search **from equal weights**, because on small validation halves the
+  member-level answer can fit noise that a search started from it would inherit.
 
 Every search scores well on the patients it was fitted to; that is not what a user gets. So each
 search is also **cross-validated by patient** (fit on half the validation patients, score on the
 other half, and the other way round), and the held-out Dice decides which search's weights are
 used and whether weighting beats the plain mean at all. The per-class table has 4x the
-parameters of the member weights: on 20 patients its in-sample gain can be fit to noise, and
-release 1.2's test scores suggested exactly that.
+parameters of the member weights: on 20 patients its in-sample gain can be fit to noise.
 
 Speed: a voxel where every member's argmax is background stays background under any weighting
 (a convex combination cannot lift a class above background unless some member does), so each
@@ -44,13 +45,15 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from .acdc import PHASES, check_no_test_patients, find_patients, load_splits
-from .case import STRUCTURES
-from .ensemble import Ensemble
-from .fusion import MemberWeight, class_argmax, fuse, mean_probabilities, weight_text
-from .inference import CancelToken, Progress
-from .metrics import dice, score_labels
-from .postprocess import apply_steps, lone_member_steps, rival_member_steps, variant_name
+from CardiacEnsembleLib.core.labels import STRUCTURES
+from CardiacEnsembleLib.core.manifest import WeightTable
+from CardiacEnsembleLib.core.options import (FusionRule, Method, lone_member_steps,
+                                             rival_member_steps)
+from CardiacEnsembleLib.core.progress import CancelToken, Progress
+from CardiacEnsembleLib.evaluation.metrics import score_labels, structure_dice, with_mean
+from CardiacEnsembleLib.inference.ensemble import Ensemble, fuse_and_clean
+from CardiacEnsembleLib.inference.fusion import MemberWeight, class_argmax, mean_probabilities
+from CardiacEnsembleLib.io.acdc import PHASES, check_no_test_patients, find_patients, load_splits
 
 #: Post-processing variants tried on validation, in order of preference when tied.
 POSTPROCESS_VARIANTS: tuple[tuple[str, ...], ...] = ((), ("lcc",), ("gate",), ("lcc", "gate"),
@@ -112,7 +115,8 @@ class Selection:
         """What the shipped manifest records: the choice and how it was made."""
         weights = self.chosen.weights or _best_search(self.searches).weights
         return {"fusion": self.chosen.rule,
-                "weights": dict(zip(self.members, map(_rounded, weights))),
+                "weights": WeightTable.from_json(dict(zip(self.members, weights)),
+                                                 self.members).to_json(digits=4),
                 "postprocess": list(self.chosen.postprocess),
                 "selection": {"split": "validation", "patients": self.patients,
                               "chosen": self.chosen.name,
@@ -126,10 +130,6 @@ class Selection:
 def _summary(candidate: Optional[Candidate]) -> Optional[dict]:
     return None if candidate is None else {"name": candidate.name, "dice": candidate.dice,
                                            "hd95_mm": candidate.hd95_mm}
-
-
-def _rounded(weight: MemberWeight) -> MemberWeight:
-    return [round(w, 4) for w in weight] if isinstance(weight, list) else round(weight, 4)
 
 
 def collect_validation_frames(ensemble: Ensemble, data_root: Path, *, limit: int = 0,
@@ -171,8 +171,7 @@ def _foreground_box(member_labels: torch.Tensor, reference: torch.Tensor,
 
 def frame_dice(labels: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Dice per structure of one frame, by the report's own `metrics.dice`."""
-    labels, reference = labels.cpu().numpy(), reference.cpu().numpy()
-    return {name: dice(labels == value, reference == value) for name, value in STRUCTURES.items()}
+    return structure_dice(labels.cpu().numpy(), reference.cpu().numpy())
 
 
 def weighted_mean_dice(frames: Sequence[ValidationFrame],
@@ -182,22 +181,19 @@ def weighted_mean_dice(frames: Sequence[ValidationFrame],
     totals = []
     for frame in frames:
         fused = class_argmax(mean_probabilities(frame.member_probs, weights), dim=0)
-        totals.append(np.mean(list(frame_dice(fused, frame.reference).values())))
+        totals.append(with_mean(frame_dice(fused, frame.reference))["mean"])
     return float(np.mean(totals))
 
 
 def run_searches(frames: Sequence[ValidationFrame], trials: int = 64, seed: int = 0,
                  log: Callable[[str], None] = lambda line: None,
-                 cancel: Optional[CancelToken] = None,
-                 from_equal: bool = True) -> list[SearchResult]:
-    """The three searches in order, each started from the best answer so far, then (unless
-    `from_equal` is False: callers that only want release 1.4's procedure) the per-class search
-    again from equal weights.
+                 cancel: Optional[CancelToken] = None) -> list[SearchResult]:
+    """The three searches in order, each started from the best answer so far, then the
+    per-class search again from equal weights.
 
     Why the fourth: on 10-patient halves the member-level searches fit noise, and a per-class
     search started from their answer inherits it. Which of the four is used is decided by
-    held-out Dice (`select`); on release candidate 1.5's members the fourth won, 0.9170
-    against 0.9168 (`reports/rejected_1.5/selection.md`)."""
+    held-out Dice (`select`)."""
     searches = [random_search(frames, trials, seed, cancel)]
     log(f"random search: {searches[0].dice:.4f} after {searches[0].evaluations} evaluations "
         f"({searches[0].seconds:.0f} s)")
@@ -208,8 +204,6 @@ def run_searches(frames: Sequence[ValidationFrame], trials: int = 64, seed: int 
     searches.append(per_class_ascent(frames, start, cancel=cancel))
     log(f"per-class coordinate ascent (from the better of those): {searches[2].dice:.4f} after "
         f"{searches[2].evaluations} evaluations ({searches[2].seconds:.0f} s)")
-    if not from_equal:
-        return searches
     members = frames[0].member_probs.shape[0]
     searches.append(per_class_ascent(frames, [1.0 / members] * members, cancel=cancel,
                                      method=EQUAL_START_METHOD))
@@ -285,53 +279,6 @@ def per_class_ascent(frames: Sequence[ValidationFrame], start: Sequence[float],
     return _ascend(frames, table, method, step, min_step, max_evaluations, cancel)
 
 
-def forward_selection(frames: Sequence[ValidationFrame], sizes_mb: Sequence[float],
-                      budget_mb: float = math.inf, allowed: Optional[Sequence[int]] = None,
-                      max_steps: int = 25,
-                      cancel: Optional[CancelToken] = None) -> SearchResult:
-    """Greedy ensemble selection from a library of members (Caruana et al., ICML 2004).
-
-    Start empty; at each step add the one member (repeats allowed: how often a member was added
-    becomes its weight) whose addition gives the best weighted-mean Dice, as long as the
-    distinct members chosen fit `budget_mb` together; stop when no addition helps. Why this
-    and not a weight search over the whole library: it answers which members to ship under a
-    size budget, and starting from the best single member it never picks a combination that
-    scores below it on the patients it was fitted to. `allowed` (member indices) restricts the
-    library, e.g. to the shipped members. Being greedy, a larger library can end below a smaller
-    one: an early pick that pairs well with the best member can lock the search out of a better
-    set (a half-trained SegFormer did exactly that), so compare libraries side by side, as
-    benchmarks/member_pool.py does.
-    """
-    started = time.perf_counter()
-    m = frames[0].member_probs.shape[0]
-    if len(sizes_mb) != m:
-        raise ValueError(f"{len(sizes_mb)} sizes for {m} members")
-    allowed = list(range(m)) if allowed is None else list(allowed)
-    counts, best, trace = np.zeros(m), -1.0, []
-    for _ in range(max_steps):
-        step_best, step_member = -1.0, None
-        for i in allowed:
-            chosen = (counts > 0) | (np.arange(m) == i)
-            if sum(np.asarray(sizes_mb)[chosen]) > budget_mb:
-                continue
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            trial = counts.copy()
-            trial[i] += 1
-            score = weighted_mean_dice(frames, list(map(float, trial / trial.sum())))
-            trace.append(max(best, score))
-            if score > step_best:
-                step_best, step_member = score, i
-        if step_member is None or step_best <= best + 1e-9:
-            break
-        best = step_best
-        counts[step_member] += 1
-    if not counts.any():
-        raise ValueError(f"no allowed member fits the {budget_mb} MB budget")
-    return SearchResult("forward selection", list(map(float, counts / counts.sum())), best,
-                        len(trace), time.perf_counter() - started, trace)
-
-
 def _ascend(frames: Sequence[ValidationFrame], table: np.ndarray, method: str, step: float,
             min_step: float, max_evaluations: int,
             cancel: Optional[CancelToken]) -> SearchResult:
@@ -395,18 +342,14 @@ def score_candidate(frames: Sequence[ValidationFrame], name: str, rule: str,
     overlaps = {s: [] for s in STRUCTURES}
     hd95 = {s: [] for s in STRUCTURES}
     for frame in frames:
-        result = fuse(rule, frame.member_probs.float(), weights if rule == "weighted" else None)
-        labels = apply_steps(np.asarray(result.labels, dtype=np.uint8), steps,
-                             result.member_labels.cpu().numpy())
+        labels = fuse_and_clean(rule, frame.member_probs.float(), weights, steps).labels
         for structure, score in score_labels(labels, frame.reference.numpy(),
                                              frame.spacing_zyx).items():
             overlaps[structure].append(score.dice)
             hd95[structure].append(score.hd95_mm)
-    dice_mean = {s: float(np.mean(v)) for s, v in overlaps.items()}
-    dice_mean["mean"] = float(np.mean([dice_mean[s] for s in STRUCTURES]))
-    hd95_mean = {s: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan
-                 for s, v in hd95.items()}
-    hd95_mean["mean"] = float(np.mean([hd95_mean[s] for s in STRUCTURES]))
+    dice_mean = with_mean({s: np.mean(v) for s, v in overlaps.items()})
+    hd95_mean = with_mean({s: np.nanmean(v) if not all(map(math.isnan, v)) else math.nan
+                           for s, v in hd95.items()})
     return Candidate(name, rule, list(weights) if weights is not None else None, tuple(steps),
                      dice_mean, hd95_mean)
 
@@ -417,7 +360,8 @@ def member_candidate(frames: Sequence[ValidationFrame], index: int, name: str,
     post-processing a lone member can have."""
     one_hot = [1.0 if i == index else 0.0 for i in range(frames[0].member_probs.shape[0])]
     steps = lone_member_steps(steps)
-    candidate = score_candidate(frames, name + variant_name(steps), "weighted", one_hot, steps)
+    candidate = score_candidate(frames, Method.single(name, steps).name, "weighted", one_hot,
+                                steps)
     candidate.rule, candidate.weights = "member", None
     return candidate
 
@@ -442,15 +386,15 @@ def select(ensemble: Ensemble, frames: Sequence[ValidationFrame], *, trials: int
     used = _best_search(searches)
     candidates = [member_candidate(frames, i, name) for i, name in enumerate(ensemble.names)]
     by_rule = {}
-    for rule in ("mean", "weighted", "vote", "staple"):
-        by_rule[rule] = score_candidate(frames, f"ensemble-{rule}", rule,
+    for rule in FusionRule.values():
+        by_rule[rule] = score_candidate(frames, Method.ensemble(rule).name, rule,
                                         used.weights if rule == "weighted" else None, ())
         candidates.append(by_rule[rule])
         log(f"{rule}: validation mean Dice {by_rule[rule].dice['mean']:.4f}")
     rule = max(by_rule, key=lambda r: _honest_dice(by_rule[r], used))
     best = by_rule[rule]
     for steps in POSTPROCESS_VARIANTS[1:]:
-        variant = score_candidate(frames, f"ensemble-{rule}{variant_name(steps)}", rule,
+        variant = score_candidate(frames, Method.ensemble(rule, steps).name, rule,
                                   best.weights, steps)
         candidates.append(variant)
         log(f"{variant.name}: mean Dice {variant.dice['mean']:.4f}, mean HD95 "
@@ -507,7 +451,8 @@ def selection_markdown(selection: Selection) -> str:
     for s in selection.searches:
         method = f"**{s.method}**" if s is used else s.method
         lines.append(f"| {method} | {s.dice:.4f} | {s.held_out_dice:.4f} | {s.evaluations} | "
-                     f"{s.seconds:.0f} | " + ", ".join(map(weight_text, s.weights)) + " |")
+                     f"{s.seconds:.0f} | " + ", ".join(map(_table(selection, s).text,
+                                                           selection.members)) + " |")
     lines += ["", "## Candidates", "",
               "| setting | Dice RV | Dice Myo | Dice LV | Dice mean | HD95 mean (mm) |",
               "|---|---|---|---|---|---|"]
@@ -522,6 +467,10 @@ def selection_markdown(selection: Selection) -> str:
         lines += ["", f"Chosen setting against the best member with its best clean-up "
                       f"({rival.name}), Dice points: {gains}."]
     return "\n".join(lines) + "\n"
+
+
+def _table(selection: Selection, search: SearchResult) -> WeightTable:
+    return WeightTable.from_json(dict(zip(selection.members, search.weights)), selection.members)
 
 
 def write_selection(selection: Selection, folder: Path) -> tuple[Path, Path]:

@@ -19,10 +19,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import io
-from .acdc import PHASES, PatientFolder
-from .cine import segment_cine
-from .ensemble import Ensemble
+from CardiacEnsembleLib import io
+from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
+from CardiacEnsembleLib.inference.cine import segment_cine
+from CardiacEnsembleLib.core.options import Method
+from CardiacEnsembleLib.inference.ensemble import Ensemble
 
 STAGES = ("load", "preprocess", "network", "restore", "fusion", "write")
 
@@ -263,7 +264,8 @@ def accuracy_points(result: BenchmarkResult, accuracy: dict[str, float],
         if config.name in accuracy:
             points.append((index, config.name, config.median_frame, accuracy[config.name], True))
             points += [(index, key, config.median_frame, value, False)
-                       for key, value in accuracy.items() if key.startswith(config.name + "+")]
+                       for key, value in accuracy.items()
+                       if Method.parse(key).base == config.name and Method.parse(key).steps]
         elif config.name == "ensemble" and ensemble_method in accuracy:
             points.append((index, f"ensemble ({ensemble_method})", config.median_frame,
                            accuracy[ensemble_method], False))

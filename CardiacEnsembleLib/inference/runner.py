@@ -1,5 +1,8 @@
 """Run one network over all slices of a volume: batched, on the GPU when there is one.
 
+`run_on_volume` is the one place a network meets a volume (inference, the ensemble, cine,
+training's validation): prepared slices in, probabilities on the volume's own grid out.
+
 The slices of a volume go through the network as batches (never a Python loop per slice), under
 `torch.inference_mode`, with bf16 autocast on CUDA. Long work reports `progress(done, total,
 message)` and checks a `CancelToken` between batches, so a Cancel stops within one batch.
@@ -7,11 +10,14 @@ message)` and checks a `CancelToken` between batches, so a Cancel stops within o
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional
 
 import torch
 
-from .cancel import CancelToken, Cancelled, Progress  # noqa: F401  (also importable from here)
+from CardiacEnsembleLib.core.progress import CancelToken, Cancelled, Progress  # noqa: F401  (also importable from here)
+from CardiacEnsembleLib.inference.preprocess import (SliceGrid, restore_probabilities,
+                                                     stack_neighbours)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,38 @@ def predict_slices(network: torch.nn.Module, slices: torch.Tensor, *, tta: bool 
             if progress is not None:
                 progress(min(start + batch_size, total), total, label)
     return torch.cat(outputs, dim=0)
+
+
+def run_on_volume(network: torch.nn.Module, slices: torch.Tensor, grid: SliceGrid,
+                  slices_per_volume: int, context_slices: int, *, tta: bool = False,
+                  progress: Optional[Progress] = None, cancel: Optional[CancelToken] = None,
+                  label: str = "", timings: Optional[dict] = None) -> torch.Tensor:
+    """Prepared (N, 1, H', W') slices of whole volumes (`preprocess.prepare_slices`) ->
+    (N, C, H, W) float32 probabilities back on the volumes' own slice grid.
+
+    N is a frame's Z slices or a cine stack's T*Z; a 2.5D member's neighbours are stacked
+    within each volume of `slices_per_volume` slices. `timings` accumulates the seconds spent
+    in the network and in restoring the grid ("network", "restore").
+    """
+    started = time.perf_counter()
+    stacked = stack_neighbours(slices, slices_per_volume, context_slices)
+    probabilities = predict_slices(network, stacked, tta=tta, progress=progress, cancel=cancel,
+                                   label=label)
+    restored_at = add_stage(timings, "network", started, slices.device)
+    restored = restore_probabilities(probabilities, grid)
+    add_stage(timings, "restore", restored_at, slices.device)
+    return restored
+
+
+def add_stage(timings: Optional[dict], stage: str, started: float,
+              device: torch.device) -> float:
+    """Add the time since `started` to `timings[stage]` (after the GPU caught up); return now."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    now = time.perf_counter()
+    if timings is not None:
+        timings[stage] = timings.get(stage, 0.0) + now - started
+    return now
 
 
 def optimize_for_inference(network: torch.nn.Module) -> torch.nn.Module:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .members import MemberSpec
-from .preprocess import PreprocessSpec
+from CardiacEnsembleLib.inference.members import MemberSpec
+from CardiacEnsembleLib.inference.preprocess import PreprocessSpec
 
 PREPROCESS = PreprocessSpec(spacing_mm=1.5, clip_percentiles=(0.5, 99.5), size_multiple=32)
 
@@ -50,7 +50,7 @@ RECIPES: dict[str, dict] = {
                         "model_kwargs": {}},
     # A transformer encoder (SegFormer's MiT-B0, 3.7 M parameters, 7.4 MB in fp16) with an
     # all-MLP head at 1/4 resolution: every other member is a MobileNetV2 CNN, and the 1.4
-    # ensemble no longer gains from more members of that family (benchmarks/member_pool.py),
+    # ensemble no longer gains from more members of that family (research/member_pool.py),
     # so the next member has to err differently. 2.5D from the start; trained from scratch
     # (no downloads here).
     "segformer25d-mitb0": {"arch": "Segformer", "encoder": "mit_b0", "context_slices": 1,

@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .case import Case
-from .ensemble import write_manifest
-from .members import Member, MemberError, load_member, save_member
-from .training import load_split_cases, validation_dice
+from CardiacEnsembleLib.core.case import Case
+from CardiacEnsembleLib.core.manifest import MANIFEST_FILE, write_json
+from CardiacEnsembleLib.inference.members import (WEIGHTS_FILE, Member, MemberError, load_member,
+                                                  save_member, verify_member)
+from CardiacEnsembleDev.training.training import load_split_cases, validation_dice
 
 
 def trained_on_pack(member: Member) -> bool:
@@ -67,3 +68,28 @@ def ship_runs(run_dirs: Sequence[Path], models_dir: Path, *, name: str, version:
                            overwrite=True).folder for m in members]
     return write_manifest(models_dir, folders, name=name, version=version, fusion=fusion,
                           weights=weights, note=note, description=description)
+
+
+def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, name: str,
+                   version: str, fusion: str = "mean", weights: Optional[dict] = None,
+                   note: str = "", description: str = "") -> Path:
+    """Describe the members in `models_dir` as data (the model zoo's manifest.json).
+
+    Each entry records the folder, sha256 and size of its weights, so a swapped file is caught
+    before loading; `load_ensemble` checks them.
+    """
+    models_dir = Path(models_dir)
+    entries = []
+    for folder in member_folders:
+        folder = Path(folder)
+        spec = verify_member(folder)
+        entries.append({"name": spec.name, "folder": folder.relative_to(models_dir).as_posix(),
+                        "arch": spec.arch, "encoder": spec.encoder,
+                        "context_slices": spec.context_slices, "version": spec.version,
+                        "sha256": spec.weights_sha256,
+                        "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
+                        "validation": spec.metrics.get("validation_dice"),
+                        "download_url": None})
+    manifest = {"name": name, "version": version, "fusion": fusion, "weights": weights or {},
+                "note": note, "description": description, "members": entries}
+    return write_json(models_dir / MANIFEST_FILE, manifest)

@@ -1,0 +1,1 @@
+"""Release: settings chosen on validation, shipping, the test report and the cost benchmark."""

@@ -1,0 +1,1 @@
+"""Members: recipes (architectures as data), the training loop, and slice packs."""
