@@ -1,4 +1,6 @@
-"""`cardiac-ensemble` end to end, on real ACDC frames, through `cli.main([...])` in-process.
+"""`cardiac-ensemble`'s runtime commands (segment, evaluate, info, models) end to end, on real
+ACDC frames, through `cli.main([...])` in-process; the workbench's commands are in
+test_cli_workbench.py.
 
 The members are the untrained ones of `conftest.untrained_models`: they test plumbing (files,
 geometry, options, reports), not accuracy. Every network run costs CPU time, so each expensive
@@ -24,11 +26,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.case import Case
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleLib.core.case import Case
 from CardiacEnsembleLib.cli import main
-from CardiacEnsembleLib.ensemble import load_ensemble
-from CardiacEnsembleLib.io import read_image
+from CardiacEnsembleLib.inference.ensemble import load_ensemble
+from CardiacEnsembleLib.io.images import read_image
+from CardiacEnsembleLib.io.outputs import CineOutputs, SegmentationOutputs, frame_output
 
 #: Smallest ACDC frames: 154x224x7, ED = frame 4, ES = frame 11 (Info.cfg).
 PATIENT = "patient090"
@@ -208,6 +211,14 @@ def test_segment_folder_writes_exactly_the_label_uncertainty_and_probability_map
     assert {p.name for p in out.iterdir()} == expected
 
 
+def test_segment_folder_writes_the_files_the_library_names_for_it(folder_run):
+    """One naming rule for the CLI, batch and scripts: `io.outputs`."""
+    _, _, out = folder_run
+    named = [SegmentationOutputs.beside(frame_output(out, PATIENT, phase), uncertainty=True,
+                                        probabilities=True) for phase in ("ED", "ES")]
+    assert sorted(out.iterdir()) == sorted(p for outputs in named for p in outputs.paths)
+
+
 def test_segment_folder_prints_the_dice_of_each_written_map_against_ground_truth(folder_run,
                                                                                  patient_dir):
     _, stdout, out = folder_run
@@ -285,6 +296,61 @@ def test_members_option_restricts_the_ensemble(untrained_models, small_frame, sm
     assert np.array_equal(read_zyx(out), pair)
 
 
+# ------------------------------------------------------------------------ segment: a 4D cine
+
+@pytest.fixture(scope="module")
+def small_cine(patient_dir, tmp_path_factory) -> Path:
+    """Frames 1-3, slices 3-4 of patient090's real 4D cine (real header): a cheap cine."""
+    image = nib.load(str(patient_dir(PATIENT) / f"{PATIENT}_4d.nii.gz"))
+    path = tmp_path_factory.mktemp("small_cine") / "patient090_part_4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:, :, 2:4, :3], None, image.header), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cine_run(untrained_models, small_cine, tmp_path_factory):
+    """`segment --cine <small 4D file> -o out`: (code, stdout, output folder)."""
+    out = tmp_path_factory.mktemp("cine_run") / "out"
+    code, stdout, _ = run_cli("-q", "segment", small_cine, "--cine", "--output", out,
+                              *model_options(untrained_models))
+    return code, stdout, out
+
+
+def test_segment_cine_writes_the_4d_labels_and_the_volume_curve_the_library_names(cine_run):
+    code, stdout, out = cine_run
+    assert code == 0
+    outputs = CineOutputs.in_folder(out, "patient090_part_4d")
+    assert sorted(out.iterdir()) == sorted(outputs.paths)
+    assert [p.name for p in outputs.paths] == ["patient090_part_4d_cine_seg.nii.gz",
+                                               "patient090_part_4d_volumes.csv",
+                                               "patient090_part_4d_volumes.png"]
+    assert re.search(r"^patient090_part_4d: 3 frames in \d+\.\d\d s \| ED/ES from the curve: "
+                     r"[123]/[123] \| LV EF ", stdout, flags=re.MULTILINE), stdout
+
+
+def test_segment_cine_labels_lie_on_the_cine_grid_one_volume_per_frame(cine_run, small_cine):
+    _, _, out = cine_run
+    written = nib.load(str(CineOutputs.in_folder(out, "patient090_part_4d").labels))
+    assert written.shape == nib.load(str(small_cine)).shape == (154, 224, 2, 3)
+    assert np.array_equal(written.affine, nib.load(str(small_cine)).affine)
+    assert set(np.unique(np.asarray(written.dataobj)).tolist()) <= {0, 1, 2, 3}
+    with open(out / "patient090_part_4d_volumes.csv", newline="") as handle:
+        assert [row["frame"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def test_segment_cine_refuses_to_replace_its_outputs(cine_run, untrained_models, small_cine):
+    _, _, out = cine_run
+    before = {p: p.read_bytes() for p in out.iterdir()}
+    code, stdout, stderr = run_cli("-q", "segment", small_cine, "--cine", "--output", out,
+                                   *model_options(untrained_models))
+    labels = CineOutputs.in_folder(out, "patient090_part_4d").labels
+    assert code == 2
+    assert stderr == f"error: {labels}: already exists; refusing to overwrite it " \
+                     f"(pass --overwrite to replace it)\n"
+    assert "ensemble: " not in stdout  # refused before the members load
+    assert {p: p.read_bytes() for p in out.iterdir()} == before
+
+
 # ------------------------------------------------------------------------ evaluate
 
 def test_evaluate_exits_0_and_writes_scores_clinical_and_summary(evaluation_run):
@@ -326,6 +392,16 @@ def test_evaluate_prints_a_table_row_for_every_method(evaluation_run):
         assert re.search(rf"^\| {re.escape(method)} \|", stdout, flags=re.MULTILINE), method
 
 
+@pytest.mark.parametrize("option", ["--report", "--benchmark", "--record-in-manifest"])
+def test_evaluate_leaves_the_release_report_to_the_workbench(option, tmp_path, capsys):
+    """The report writer and the release targets are workbench code (`report` command)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--out", str(tmp_path / "eval"), option])
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {option}" in capsys.readouterr().err
+    assert not (tmp_path / "eval").exists()
+
+
 # ------------------------------------------------------------------------ info, models, help
 
 def test_info_prints_the_ed_and_es_frames_of_info_cfg(patient_dir, capsys):
@@ -350,6 +426,14 @@ def test_models_lists_the_three_members_with_their_sha256(untrained_models, caps
         assert f"sha256 {spec['weights_sha256'][:12]}" in line
 
 
+def test_models_prints_the_manifest_setting_note_and_weights_first(untrained_models, capsys):
+    assert main(["models", "--models", str(untrained_models)]) == 0
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        f"untrained-test 0 ({untrained_models}): fusion mean",
+        "note: untrained test members",
+        "weights: unet-mnv2 2.000, linknet-mnv2 1.000, fpn-mnv2 1.000"]
+
+
 def test_module_help_runs_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-m", "CardiacEnsembleLib", "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -357,4 +441,42 @@ def test_module_help_runs_in_a_fresh_interpreter():
     assert result.stdout.startswith("usage: cardiac-ensemble")
     commands = re.search(r"\{([a-z,]+)\}", result.stdout)
     assert commands, result.stdout
-    assert {"segment", "evaluate", "info", "models", "train"} <= set(commands.group(1).split(","))
+    assert {"segment", "evaluate", "info", "models", "batch"} <= set(commands.group(1).split(","))
+
+
+#: Run `main(argv)` in a fresh interpreter; print the torch modules it imported, as JSON.
+IMPORTS_AFTER = """
+import json, sys
+from CardiacEnsembleLib.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as stop:
+    code = stop.code
+heavy = {"torch", "torchvision", "segmentation_models_pytorch"}
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("command", ["--help", "models", "info"])
+def test_read_only_commands_start_without_importing_torch(command, untrained_models,
+                                                          patient_dir):
+    """`--help`, `models` and `info` only read files: they must answer before torch loads
+    (seconds saved per call, and usable where torch is not installed yet)."""
+    argv = {"--help": ["--help"], "models": ["models", "--models", str(untrained_models)],
+            "info": ["info", str(patient_dir(PATIENT))]}[command]
+    result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.splitlines()[-1]) == []
+    assert result.stdout.strip()
+
+
+def test_the_runtime_never_imports_the_workbench_by_name():
+    """The workbench's commands come through the entry point `cardiac_ensemble.commands`."""
+    runtime = Path(__file__).resolve().parents[2] / "CardiacEnsembleLib"
+    importing = [f"{path.relative_to(runtime)}:{number}" for path in sorted(runtime.rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), start=1)
+                 if re.match(r"\s*(from|import)\s+CardiacEnsembleDev\b", line)]
+    assert importing == []
+

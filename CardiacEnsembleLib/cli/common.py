@@ -1,0 +1,85 @@
+"""What every command group shares: the progress bar, the ensemble options and their loading.
+
+Command groups (the runtime's and the workbench's) import this module; it imports nothing heavy
+at the top, so `--help` and the read-only commands start without torch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from CardiacEnsembleLib.core.options import FUSION_RULES
+
+#: Exit status of an error the user can act on (a wrong file, an existing output, a bad member).
+EXIT_USAGE = 2
+#: The built-in sample patient (ACDC, CC BY-NC-SA 4.0), used when a command is given no input.
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample" / "patient090"
+PROG = "cardiac-ensemble"
+
+
+class ProgressBar:
+    """A tqdm bar behind the package's `progress(done, total, message)` callback."""
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.description, self.enabled, self.bar = description, enabled, None
+
+    def __call__(self, done: int, total: int, message: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.description, unit="", leave=False,
+                            file=sys.stderr, mininterval=0.5)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.set_postfix_str(message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--models, --members, --fusion, --tta, --device: which ensemble a command runs."""
+    group = parser.add_argument_group("ensemble")
+    group.add_argument("--models", type=Path, default=None,
+                       help="folder with manifest.json and member folders "
+                            "(default: the ensemble shipped with the package)")
+    group.add_argument("--members", nargs="+", default=None,
+                       help=f"use only these members (names from `{PROG} models`)")
+    group.add_argument("--fusion", default=None, choices=FUSION_RULES,
+                       help="fusion rule (default: the manifest's)")
+    group.add_argument("--tta", action="store_true", help="flip test-time augmentation (3x cost)")
+    group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+
+
+def models_dir(args: argparse.Namespace) -> Path:
+    from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR
+
+    return args.models or DEFAULT_MODELS_DIR
+
+
+def load_ensemble(args: argparse.Namespace):
+    """The ensemble the model options name, after printing the manifest's note and one line
+    saying what runs (members, fusion, clean-up, device), so a log tells what made a result."""
+    from CardiacEnsembleLib.core.manifest import read_manifest
+    from CardiacEnsembleLib.inference.ensemble import load_ensemble as load
+
+    folder = models_dir(args)
+    ensemble = load(folder, members=args.members, fusion=args.fusion, device=args.device,
+                    tta=args.tta)
+    note = read_manifest(folder).note
+    if note:
+        print(f"note: {note}")
+    steps = f" + {'+'.join(ensemble.postprocess)}" if ensemble.postprocess else ""
+    print(f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
+          f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}")
+    return ensemble
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for reports that say how they were made."""
+    return " ".join([PROG, *args.argv])
