@@ -1,8 +1,8 @@
 """3D Slicer module: segment ACDC short-axis cardiac cine-MRI with an ensemble of 2D networks.
 
 A thin shell. The widget binds the panel to a parameter node and calls the Logic; the Logic has
-no Qt and calls `CardiacEnsembleLib.slicer_bridge` (MRML <-> the library's `Case`/`Prediction`)
-and the library itself. Inference runs on a worker thread (`CardiacEnsembleLib.jobs`) that the
+no Qt and calls `CardiacEnsembleLib.slicer` (MRML <-> the library's `Case`/`Prediction`) and the
+library itself. Inference runs on a worker thread (`CardiacEnsembleLib.slicer.jobs`) that the
 widget polls with a QTimer, so Slicer stays responsive and Cancel stops within one batch.
 
 Console use, no panel needed:
@@ -13,7 +13,6 @@ Console use, no panel needed:
     table = logic.evaluate(nodes.segmentation, loaded["ED"].ground_truth)
 """
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -36,28 +35,33 @@ from slicer.util import VTKObservationMixin
 # Installed, CardiacEnsembleLib sits beside this file; in a source checkout (module path added
 # in Application settings) it sits one folder up.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_LIB_PARENT = _HERE
 for _folder in (_HERE, os.path.dirname(_HERE)):
     if os.path.isdir(os.path.join(_folder, "CardiacEnsembleLib")):
-        _LIB_PARENT = _folder
         if _folder not in sys.path:
             sys.path.insert(0, _folder)
         break
 
-FUSION_RULES = ["mean", "weighted", "vote", "staple"]
+# core imports numpy only (Slicer bundles it), so these work before torch is installed.
+from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest  # noqa: E402
+from CardiacEnsembleLib.core.options import FUSION_RULES, FusionRule  # noqa: E402
 
 
-def _shipped_fusion_rule() -> str:
-    """The rule chosen on validation for the shipped ensemble (its manifest), so the panel's
-    default gives what the command line gives. Read as plain JSON: this runs before torch and
-    the Lib's dependencies may be installed."""
-    path = os.path.join(_LIB_PARENT, "CardiacEnsembleLib", "models", "manifest.json")
+def _read_manifest(modelsDir=None):
+    """The ensemble manifest of `modelsDir` (default: the shipped one), or None, with a
+    warning saying why, when it is missing or unusable: the panel then offers no members."""
+    folder = modelsDir or DEFAULT_MODELS_DIR
     try:
-        with open(path) as handle:
-            rule = json.load(handle).get("fusion", "mean")
-    except (OSError, ValueError):
-        return "mean"
-    return rule if rule in FUSION_RULES else "mean"
+        return read_manifest(folder)
+    except (OSError, ValueError) as error:  # MemberError is a ValueError
+        logging.warning(f"Cardiac Ensemble: no usable ensemble manifest in {folder}: {error}")
+        return None
+
+
+def _shipped_fusion_rule(modelsDir=None) -> str:
+    """The rule chosen on validation for the shipped ensemble (its manifest), so the panel's
+    default gives what the command line gives; the mean rule without a usable manifest."""
+    manifest = _read_manifest(modelsDir)
+    return (manifest.fusion if manifest is not None else FusionRule.MEAN).value
 
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -118,7 +122,7 @@ class CardiacEnsembleParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     groundTruth: vtkMRMLSegmentationNode
     outputSegmentation: vtkMRMLSegmentationNode
-    fusion: Annotated[str, Choice(FUSION_RULES)] = _shipped_fusion_rule()
+    fusion: Annotated[str, Choice(list(FUSION_RULES))] = _shipped_fusion_rule()
     tta: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
     excludedMembers: list[str]
@@ -318,7 +322,7 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self._job = None
         self.ui.progressBar.setVisible(False)
-        from CardiacEnsembleLib.cancel import Cancelled
+        from CardiacEnsembleLib.core.progress import Cancelled
 
         try:
             nodes = self.logic.finishSegmentation(job)
@@ -418,21 +422,15 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def shippedMemberNames(modelsDir: Optional[str] = None) -> list:
-        """Member names in an ensemble manifest, read as JSON (works before torch is installed)."""
-        import CardiacEnsembleLib
-
-        folder = modelsDir or os.path.join(os.path.dirname(CardiacEnsembleLib.__file__), "models")
-        try:
-            with open(os.path.join(folder, "manifest.json")) as handle:
-                return [entry["name"] for entry in json.load(handle)["members"]]
-        except (OSError, ValueError, KeyError) as error:
-            logging.warning(f"Cardiac Ensemble: no usable ensemble manifest in {folder}: {error}")
-            return []
+        """Member names in an ensemble manifest (works before torch is installed); none, with
+        a logged warning, when the manifest is missing or unusable."""
+        manifest = _read_manifest(modelsDir)
+        return manifest.names if manifest is not None else []
 
     def ensemble(self, members=None, device: str = "auto", tta: bool = False,
                  modelsDir: Optional[str] = None):
         """The (cached) ensemble: loading verifies every member's sha256 once per session."""
-        from CardiacEnsembleLib.ensemble import DEFAULT_MODELS_DIR, load_ensemble
+        from CardiacEnsembleLib.inference.ensemble import load_ensemble
 
         key = (str(modelsDir or DEFAULT_MODELS_DIR), tuple(members or ()), device, bool(tta))
         if key not in self._ensembles:
@@ -445,9 +443,9 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     def loadACDCCase(self, folder, phases=("ED", "ES")) -> dict:
         """ED and ES volumes (and ground-truth segmentations) of an ACDC patient folder."""
-        from CardiacEnsembleLib import slicer_bridge
+        from CardiacEnsembleLib.slicer.acdc import load_acdc_case
 
-        return slicer_bridge.load_acdc_case(slicer.mrmlScene, folder, phases)
+        return load_acdc_case(slicer.mrmlScene, folder, phases)
 
     def segment(self, volumeNode, members=None, fusion: Optional[str] = None, tta: bool = False,
                 device: str = "auto", outputSegmentation=None, modelsDir: Optional[str] = None,
@@ -457,15 +455,17 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         `wait=True` (console, tests, batch) blocks and returns the `PredictionNodes` instead.
         Bad input raises `SlicerBridgeError` (a ValueError) before any work starts.
         """
-        from CardiacEnsembleLib import slicer_bridge
+        from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
+        from CardiacEnsembleLib.slicer.prediction import SegmentationJob
+        from CardiacEnsembleLib.slicer.volumes import check_volume
 
-        slicer_bridge.check_volume(volumeNode)
+        check_volume(volumeNode)
         if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
-            raise slicer_bridge.SlicerBridgeError("the output must be a segmentation node")
+            raise SlicerBridgeError("the output must be a segmentation node")
         if self.job is not None and not self.job.done:
             raise RuntimeError("a segmentation is already running; wait for it or cancel it")
         ensemble = self.ensemble(members, device, tta, modelsDir)
-        job = slicer_bridge.SegmentationJob(volumeNode, ensemble, fusion)
+        job = SegmentationJob(volumeNode, ensemble, fusion)
         job.output = outputSegmentation
         self.job = job
         return self.waitForCompletion(job) if wait else job
@@ -493,22 +493,24 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         Dice, HD95 and MSD per structure; with the other phase of the same patient segmented
         (and its ground truth loaded) also volumes, EF and myocardial mass of both.
         """
-        from CardiacEnsembleLib import slicer_bridge
+        from CardiacEnsembleLib.slicer.tables import add_metrics_table, evaluate_segmentation
 
-        rows = slicer_bridge.evaluate_segmentation(segmentationNode, groundTruthNode)
+        rows = evaluate_segmentation(segmentationNode, groundTruthNode)
         rows += self._clinicalRows(segmentationNode)
         tableNode = tableNode or segmentationNode.GetNodeReference(METRICS_REFERENCE)
-        table = slicer_bridge.add_metrics_table(
+        table = add_metrics_table(
             slicer.mrmlScene, rows, f"{segmentationNode.GetName()} metrics", node=tableNode)
         segmentationNode.SetNodeReferenceID(METRICS_REFERENCE, table.GetID())
         return table
 
     def _clinicalRows(self, segmentationNode) -> list:
-        from CardiacEnsembleLib import slicer_bridge as bridge
+        from CardiacEnsembleLib.slicer.nodes import get_attribute
+        from CardiacEnsembleLib.slicer.segmentations import reference_volume_of
+        from CardiacEnsembleLib.slicer.tables import clinical_rows_from_segmentations
 
-        patient = bridge.get_attribute(segmentationNode, "patient_id")
-        phase = bridge.get_attribute(segmentationNode, "phase")
-        method = bridge.get_attribute(segmentationNode, "method") or segmentationNode.GetName()
+        patient = get_attribute(segmentationNode, "patient_id")
+        phase = get_attribute(segmentationNode, "phase")
+        method = get_attribute(segmentationNode, "method") or segmentationNode.GetName()
         if not patient or phase not in ("ED", "ES"):
             return []
         other = "ES" if phase == "ED" else "ED"
@@ -517,9 +519,9 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
             nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
             for index in range(nodes.GetNumberOfItems()):
                 node = nodes.GetItemAsObject(index)
-                if (bridge.get_attribute(node, "patient_id") == patient
-                        and bridge.get_attribute(node, "phase") == phaseName
-                        and bridge.get_attribute(node, "method") == methodName):
+                if (get_attribute(node, "patient_id") == patient
+                        and get_attribute(node, "phase") == phaseName
+                        and get_attribute(node, "method") == methodName):
                     return node
             return None
 
@@ -530,16 +532,15 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
             if current is None or partner is None:
                 continue
             ed, es = (current, partner) if phase == "ED" else (partner, current)
-            rows += bridge.clinical_rows_from_segmentations(
-                ed, es, bridge.reference_volume_of(ed), bridge.reference_volume_of(es),
-                method=methodName)
+            rows += clinical_rows_from_segmentations(
+                ed, es, reference_volume_of(ed), reference_volume_of(es), method=methodName)
         return rows
 
     @staticmethod
     def diceSummary(tableNode) -> str:
-        from CardiacEnsembleLib import slicer_bridge
+        from CardiacEnsembleLib.slicer.tables import table_rows
 
-        dice = [row for row in slicer_bridge.table_rows(tableNode) if row.measure == "Dice"]
+        dice = [row for row in table_rows(tableNode) if row.measure == "Dice"]
         return "Dice: " + ", ".join(f"{row.structure} {row.value:.3f}" for row in dice)
 
     @staticmethod
@@ -548,16 +549,16 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         if segmentationNode is None:
             return None
         try:
-            from CardiacEnsembleLib import slicer_bridge
+            from CardiacEnsembleLib.slicer.prediction import prediction_nodes
         except ImportError:  # dependencies not installed yet: nothing was segmented either
             return None
-        return slicer_bridge.prediction_nodes(segmentationNode).uncertainty
+        return prediction_nodes(segmentationNode).uncertainty
 
     @staticmethod
     def referenceVolume(segmentationNode):
-        from CardiacEnsembleLib import slicer_bridge
+        from CardiacEnsembleLib.slicer.segmentations import reference_volume_of
 
-        return slicer_bridge.reference_volume_of(segmentationNode)
+        return reference_volume_of(segmentationNode)
 
 
 #
@@ -591,15 +592,16 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
 
     def test_segment_evaluate_and_edit(self):
         import numpy as np
-        from CardiacEnsembleLib import slicer_bridge
-        from CardiacEnsembleLib.metrics import score_labels
+        from CardiacEnsembleLib.evaluation.metrics import score_labels
+        from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation
+        from CardiacEnsembleLib.slicer.tables import table_rows
 
         self.delayDisplay("Segment patient090 ED with the shipped ensemble")
         logic = self._logic()
         loaded = logic.loadACDCCase(self._sample())
         phase = loaded["ED"]
         nodes = logic.segment(phase.volume, device="cpu", wait=True)
-        labels = slicer_bridge.labels_from_segmentation(nodes.segmentation)
+        labels = labels_from_segmentation(nodes.segmentation)
         expected = logic.ensemble(device="cpu").predict(phase.case).labels
         np.testing.assert_array_equal(labels, expected)
         self.assertEqual(set(nodes.members), set(logic.shippedMemberNames()))
@@ -607,7 +609,7 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Evaluate against the ground truth")
         table = logic.evaluate(nodes.segmentation, phase.ground_truth)
-        rows = slicer_bridge.table_rows(table)
+        rows = table_rows(table)
         scores = score_labels(labels, phase.case.labels, phase.case.spacing_zyx)
         for row in rows:
             if row.measure == "Dice":
@@ -615,12 +617,12 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Both phases give volumes and EF")
         logic.segment(loaded["ES"].volume, device="cpu", wait=True)
-        rows = slicer_bridge.table_rows(logic.evaluate(nodes.segmentation, phase.ground_truth))
+        rows = table_rows(logic.evaluate(nodes.segmentation, phase.ground_truth))
         self.assertTrue(any(row.measure == "EF" for row in rows))
         self.delayDisplay("Test passed")
 
     def test_cancel_leaves_scene_unchanged(self):
-        from CardiacEnsembleLib.cancel import Cancelled
+        from CardiacEnsembleLib.core.progress import Cancelled
 
         logic = self._logic()
         volume = logic.loadACDCCase(self._sample(), phases=("ED",))["ED"].volume
@@ -633,7 +635,7 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
                          before)
 
     def test_bad_input_is_refused(self):
-        from CardiacEnsembleLib.slicer_bridge import SlicerBridgeError
+        from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
 
         logic = self._logic()
         with self.assertRaises(SlicerBridgeError):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .cancel import CancelToken, Cancelled, Progress
+from CardiacEnsembleLib.core.progress import CancelToken, Cancelled, Progress
 
 
 @dataclass(frozen=True)

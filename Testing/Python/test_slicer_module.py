@@ -1,0 +1,141 @@
+"""The scripted module (CardiacEnsemble/CardiacEnsemble.py) with Qt and the application stubbed
+out: its Logic holds no Qt, so on a wired slicer-core scene it loads, segments and evaluates
+for real; its panel offers the library's options and the shipped manifest's choices, and a
+missing or broken manifest leaves it usable, with a warning."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from mrml_fixtures import ROOT, SAMPLE, UNTRAINED_MEMBERS, requires_mrml
+
+pytestmark = requires_mrml
+
+
+def _import_module_without_qt(monkeypatch, scene):
+    """CardiacEnsemble.py with Qt and the app-only parts of `slicer` replaced by stubs.
+
+    The Logic holds no Qt, so with `slicer.mrmlScene` pointed at a wired slicer-core scene it
+    runs for real; only the Widget (never instantiated here) would need the application.
+    """
+    import importlib.util
+    import types
+
+    import slicer
+
+    class Base:
+        def __init__(self, *args, **kwargs):
+            pass
+
+    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
+                 "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+        setattr(scripted, name, type(name, (Base,), {}))
+    wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+    wrapper.parameterNodeWrapper = lambda cls: cls
+    wrapper.Choice = lambda choices: tuple(choices)
+    monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", scripted)
+    monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    spec = importlib.util.spec_from_file_location(
+        "CardiacEnsemble", ROOT / "CardiacEnsemble" / "CardiacEnsemble.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def module(monkeypatch):
+    from CardiacEnsembleLib.slicer.scene import create_scene
+
+    wired = create_scene()
+    return _import_module_without_qt(monkeypatch, wired.scene)
+
+
+def test_module_defines_the_four_classes_of_a_scripted_module(module):
+    for name in ("CardiacEnsemble", "CardiacEnsembleWidget", "CardiacEnsembleLogic",
+                 "CardiacEnsembleTest", "CardiacEnsembleParameterNode"):
+        assert isinstance(getattr(module, name), type), name
+
+
+def test_panel_offers_the_library_rules_and_defaults_to_the_shipped_one(module):
+    from CardiacEnsembleLib.core.manifest import read_manifest
+    from CardiacEnsembleLib.core.options import FUSION_RULES
+
+    node = module.CardiacEnsembleParameterNode
+    assert node.__annotations__["fusion"].__metadata__ == (tuple(FUSION_RULES),)
+    shipped = read_manifest()
+    assert node.fusion == shipped.fusion.value
+    assert module.CardiacEnsembleLogic.shippedMemberNames() == shipped.names
+
+
+def _write(folder, text):
+    folder.mkdir()
+    (folder / "manifest.json").write_text(text)
+
+
+@pytest.mark.parametrize("manifest", [
+    None,  # no manifest.json at all
+    "{not json",
+    json.dumps({"members": [{"name": "a", "folder": "a"}], "fusion": "median"}),
+    json.dumps({"members": []}),
+], ids=["missing", "not-json", "unknown-rule", "no-members"])
+def test_a_missing_or_broken_manifest_offers_no_members_and_the_mean_rule(module, tmp_path,
+                                                                         caplog, manifest):
+    folder = tmp_path / "models"
+    if manifest is None:
+        folder.mkdir()
+    else:
+        _write(folder, manifest)
+    with caplog.at_level("WARNING"):
+        assert module.CardiacEnsembleLogic.shippedMemberNames(str(folder)) == []
+        assert module._shipped_fusion_rule(str(folder)) == "mean"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all(f"no usable ensemble manifest in {folder}" in w
+                                      for w in warnings)
+
+
+def test_module_logic_loads_segments_and_evaluates_like_the_bridge(module, untrained_models):
+    from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
+    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation
+    from CardiacEnsembleLib.slicer.tables import evaluate_segmentation, table_rows
+
+    logic = module.CardiacEnsembleLogic()
+    assert set(logic.shippedMemberNames(str(untrained_models))) == UNTRAINED_MEMBERS
+    loaded = logic.loadACDCCase(SAMPLE, phases=("ED",))
+    volume, truth = loaded["ED"].volume, loaded["ED"].ground_truth
+    with pytest.raises(SlicerBridgeError, match="no input volume"):
+        logic.segment(None, modelsDir=str(untrained_models), device="cpu")
+    nodes = logic.segment(volume, modelsDir=str(untrained_models), device="cpu", wait=True)
+    expected = logic.ensemble(device="cpu", modelsDir=str(untrained_models)).predict(
+        loaded["ED"].case).labels
+    np.testing.assert_array_equal(labels_from_segmentation(nodes.segmentation), expected)
+    assert logic.uncertaintyVolume(nodes.segmentation) is nodes.uncertainty
+    assert logic.referenceVolume(nodes.segmentation) is volume
+    table = logic.evaluate(nodes.segmentation, truth)
+    assert table_rows(table) == evaluate_segmentation(nodes.segmentation, truth)
+    assert logic.evaluate(nodes.segmentation, truth) is table  # Evaluate again reuses it
+    assert logic.diceSummary(table).startswith("Dice: RV ")
+
+
+def test_module_logic_scores_both_phases_with_volumes_and_ejection_fraction(module):
+    """Segmentations of ED and ES of one patient (here: the ground truth, relabelled as a
+    method) give volumes and EF for that method and for the ground truth."""
+    from CardiacEnsembleLib.slicer.nodes import set_attribute
+    from CardiacEnsembleLib.slicer.segmentations import add_segmentation
+    from CardiacEnsembleLib.slicer.tables import table_rows
+
+    logic = module.CardiacEnsembleLogic()
+    loaded = logic.loadACDCCase(SAMPLE)
+    results = {}
+    for phase, item in loaded.items():
+        results[phase] = add_segmentation(module.slicer.mrmlScene, item.case.labels,
+                                          item.volume, f"{phase} result")
+        set_attribute(results[phase], "method", "copy")
+    rows = table_rows(logic.evaluate(results["ED"], loaded["ED"].ground_truth))
+    ef = {r.method: r.value for r in rows if r.measure == "EF" and r.structure == "LV"}
+    assert set(ef) == {"copy", "ground truth"} and ef["copy"] == ef["ground truth"]
+    assert 0.0 < ef["copy"] < 100.0
