@@ -16,12 +16,12 @@ With --tta every member runs with flip test-time augmentation on both sides of t
 (the ensemble and the best member alike), to show what TTA does to the ensemble's margin.
 Test patients are never read.
 
-    .venv/bin/python benchmarks/fusion_ceiling.py --data ../shared/acdc \
-        --report reports/fusion_ceiling.md
+    .venv/bin/python research/fusion_ceiling.py --data ../shared/acdc \
+        --report research/reports/fusion_ceiling.md
 
 The members' validation probabilities take a few minutes on 2 cores (3x that with --tta);
 --cache keeps them. Each fold then fits the weights and the stacker: 18 and 24 min per fold for
-reports/fusion_ceiling.md, on 2 cores shared with a training run.
+research/reports/fusion_ceiling.md, on 2 cores shared with a training run.
 """
 from __future__ import annotations
 
@@ -39,11 +39,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from CardiacEnsembleLib.case import STRUCTURES  # noqa: E402
-from CardiacEnsembleLib.ensemble import DEFAULT_MODELS_DIR, load_ensemble  # noqa: E402
-from CardiacEnsembleLib.fusion import class_argmax, mean_probabilities  # noqa: E402
-from CardiacEnsembleLib.postprocess import keep_largest_components  # noqa: E402
-from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
+from CardiacEnsembleLib.core.case import STRUCTURES  # noqa: E402
+from CardiacEnsembleLib.inference.ensemble import DEFAULT_MODELS_DIR, load_ensemble  # noqa: E402
+from CardiacEnsembleLib.inference.fusion import class_argmax, mean_probabilities  # noqa: E402
+from CardiacEnsembleLib.inference.postprocess import keep_largest_components  # noqa: E402
+from CardiacEnsembleDev.release.selection import (ValidationFrame,  # noqa: E402
                                           collect_validation_frames, frame_dice, patient_folds,
                                           run_searches)
 from validation_benchmark import cached_frames, print_and_write  # noqa: E402
@@ -170,7 +170,8 @@ def main() -> int:
     for fold, (fitting, scored) in enumerate(patient_folds(frames)):
         started = time.perf_counter()
         members = [lcc_scores(scored, one_member(i)) for i in range(len(ensemble.names))]
-        per_class = run_searches(fitting, from_equal=False)[-1].weights
+        per_class = next(s for s in run_searches(fitting)
+                         if s.method == "per-class coordinate ascent").weights
         fusers = {"mean": weighted(None),
                   "per-class weights": weighted(per_class),
                   "stacker": fit_stacker(fitting, args.stacker_steps)}
@@ -184,7 +185,7 @@ def main() -> int:
             for m in methods}
     lines = [f"# Fusion ceiling on the validation split ({len(frames) // 2} patients, ED and ES)"
              f"{', flip TTA' if args.tta else ''}", "",
-             "Produced by `python benchmarks/fusion_ceiling.py " + " ".join(sys.argv[1:]) + "`.",
+             "Produced by `python research/fusion_ceiling.py " + " ".join(sys.argv[1:]) + "`.",
              "", f"Members: the shipped {', '.join(ensemble.names)}. Every fusion is fitted on "
              "one half of the patients and scored + lcc on the other (2 folds); best member: the "
              "best one on each scored half (an oracle pick, as in the test report). Gain: over "

@@ -8,16 +8,17 @@ to the time left (a short probe run measures seconds per step and per validation
 members already competing for the GPU), and what comes back is each best epoch as an fp16
 member folder (`<name>.tar`: best/, history.csv, log) that `cardiac-ensemble ship` accepts.
 
-On the device machine (see benchmarks/README.md for the whole round trip):
+On the device machine (see research/README.md for the whole round trip):
 
-    python3 benchmarks/gpu_train.py --pack .gpu/acdc_slices.npz.xz --out "$OUT" --budget-s 430 \
+    python3 research/gpu_train.py --pack .gpu/acdc_slices.npz.xz --out "$OUT" --budget-s 430 \
         --job unet25d-mnv2=CardiacEnsembleLib/models/unet25d-mnv2 --job ...
 
 Each `--job RECIPE=FOLDER` fine-tunes recipe RECIPE warm-started from member FOLDER (a 2D
 member inflates into a 2.5D recipe, as `train --init-from` does); `--job RECIPE=` (no folder)
 trains it from scratch. `--job RECIPE@SEED=...` uses its own seed instead of --seed and names
 the member RECIPE-sSEED, so independent draws of one recipe can train side by side and later
-sit in one ensemble.
+sit in one ensemble. `--steps N` replaces the time budget with a fixed schedule (N steps in
+epochs of --iterations, no probe, no deadline): the same run on any machine, at any load.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import tarfile
 import time
 import types
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,11 +55,11 @@ def train_one(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from CardiacEnsembleLib.inference import CancelToken, Cancelled
-    from CardiacEnsembleLib.members import load_member, save_member
-    from CardiacEnsembleLib.recipes import recipe_spec
-    from CardiacEnsembleLib.slicepack import pack_validation_dice, read_pack
-    from CardiacEnsembleLib.training import TrainConfig, TrainingSource, fit_member
+    from CardiacEnsembleLib.core.progress import CancelToken, Cancelled
+    from CardiacEnsembleLib.inference.members import load_member, save_member
+    from CardiacEnsembleDev.training.recipes import recipe_spec
+    from CardiacEnsembleDev.training.slicepack import pack_validation_dice, read_pack
+    from CardiacEnsembleDev.training.training import TrainConfig, TrainingSource, fit_member
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,31 +96,20 @@ def train_one(args: argparse.Namespace) -> int:
                            learning_rate=args.lr, iterations_per_epoch=iterations,
                            seed=args.seed, init_from=args.init_from)
 
-    # Probe: a short run with everyone else's probe beside it times a step and a validation.
-    # Two epochs, timed on the second: the first validation may pay first-call costs for every
-    # new slice shape. On the H100 it took 33 s, and sizing the schedule by it gave release 1.4's
-    # rounds one long epoch each, so a single validation and no choice of best epoch.
-    marks: dict[int, float] = {}
-    half = 15
-    started = time.monotonic()
-    fit_member(recipe_spec(args.recipe), data, validate, source, out / "probe",
-               config(2, half), device=device,
-               progress=lambda done, total, message: marks.setdefault(done, time.monotonic()),
-               log=log)
-    per_step = (marks[2 * half] - marks[half + 5]) / (half - 5)
-    per_validation = time.monotonic() - marks[2 * half]
-    left = args.deadline - (time.monotonic() - args.t0)
-    # Validation should cost about a tenth of the time: longer epochs when steps are fast.
-    iterations = max(args.iterations, math.ceil(9 * per_validation / per_step))
-    epochs = math.floor(0.85 * left / (iterations * per_step + per_validation))
-    if epochs < 1:  # too little time for one such epoch: one shorter epoch that fits
-        epochs, iterations = 1, max(10, math.floor((0.85 * left - per_validation) / per_step))
-    log(f"{spec.name}: probe {time.monotonic() - started:.0f}s, {per_step * 1000:.0f} ms/step, "
-        f"validation {per_validation:.1f}s; {left:.0f}s left -> {epochs} epochs of "
-        f"{iterations} steps (batch {args.batch_size}, {args.patch_size} px, lr {args.lr})")
+    if args.steps:
+        iterations = min(args.iterations, args.steps)
+        epochs = max(1, args.steps // iterations)
+        log(f"{spec.name}: fixed schedule, {epochs} epochs of {iterations} steps (batch "
+            f"{args.batch_size}, {args.patch_size} px, lr {args.lr})")
+        hard_stop = math.inf
+    else:
+        def probe(steps_per_epoch: int, progress: Callable) -> None:
+            fit_member(recipe_spec(args.recipe), data, validate, source, out / "probe",
+                       config(2, steps_per_epoch), device=device, progress=progress, log=log)
 
+        epochs, iterations = probe_schedule(args, probe, log)
+        hard_stop = args.t0 + args.deadline
     token = CancelToken()
-    hard_stop = args.t0 + args.deadline
 
     def watch(done, total, message):
         if time.monotonic() > hard_stop:
@@ -147,6 +138,43 @@ def train_one(args: argparse.Namespace) -> int:
     return 0
 
 
+def probe_schedule(args: argparse.Namespace, probe: Callable[[int, Callable], None],
+                   log: Callable[[str], None]) -> tuple[int, int]:
+    """(epochs, steps per epoch) that fit the time left, from a probe run: `probe(steps,
+    progress)` trains two epochs of `steps` steps.
+
+    A short run with everyone else's probe beside it times a step and a validation. Two epochs,
+    timed on the second: the first validation may pay first-call costs for every new slice
+    shape. On the H100 it took 33 s, and sizing the schedule by it gave release 1.4's rounds one
+    long epoch each, so a single validation and no choice of best epoch."""
+    marks: dict[int, float] = {}
+    half = 15
+    started = time.monotonic()
+    probe(half, lambda done, total, message: marks.setdefault(done, time.monotonic()))
+    per_step = (marks[2 * half] - marks[half + 5]) / (half - 5)
+    per_validation = time.monotonic() - marks[2 * half]
+    left = args.deadline - (time.monotonic() - args.t0)
+    epochs, iterations = plan_schedule(per_step, per_validation, left, args.iterations)
+    log(f"{args.name or args.recipe}: probe {time.monotonic() - started:.0f}s, "
+        f"{per_step * 1000:.0f} ms/step, validation {per_validation:.1f}s; {left:.0f}s left -> "
+        f"{epochs} epochs of {iterations} steps (batch {args.batch_size}, {args.patch_size} px, "
+        f"lr {args.lr})")
+    return epochs, iterations
+
+
+def plan_schedule(per_step: float, per_validation: float, left: float,
+                  min_iterations: int) -> tuple[int, int]:
+    """(epochs, steps per epoch) filling 85% of `left` seconds, given the probe's seconds per
+    step and per validation. Validation should cost about a tenth of the time, so epochs grow
+    longer when steps are fast; with too little time for one such epoch, one shorter epoch that
+    fits (at least 10 steps)."""
+    iterations = max(min_iterations, math.ceil(9 * per_validation / per_step))
+    epochs = math.floor(0.85 * left / (iterations * per_step + per_validation))
+    if epochs < 1:
+        epochs, iterations = 1, max(10, math.floor((0.85 * left - per_validation) / per_step))
+    return epochs, iterations
+
+
 def parse_job(job: str, default_seed: int) -> tuple[str, str, int, str]:
     """`RECIPE=FOLDER` or `RECIPE@SEED=FOLDER` -> (recipe, member name, seed, warm-start folder)."""
     if "=" not in job:
@@ -170,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="RECIPE=WARM_START_FOLDER or RECIPE@SEED=... (empty: from scratch)")
     parser.add_argument("--budget-s", type=float, default=430,
                         help="seconds from start until every member stops training")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="train this many steps instead, in whole epochs of --iterations "
+                             "(no probe, no time budget)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=7e-4)
@@ -203,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--recipe", recipe, "--name", name, "--init-from", folder, "--t0", str(t0),
                    "--deadline", str(args.budget_s), "--batch-size", str(args.batch_size),
                    "--patch-size", str(args.patch_size), "--lr", str(args.lr),
-                   "--iterations", str(args.iterations), "--seed", str(seed),
+                   "--iterations", str(args.iterations), "--steps", str(args.steps),
+                   "--seed", str(seed),
                    "--version", args.version, "--device", args.device,
                    "--threads", str(threads), "--bring-back", args.out]
         children.append((name, subprocess.Popen(command, env={

@@ -7,11 +7,11 @@
 #   .venv/bin/pip download --no-deps -d .gpu/wheels segmentation-models-pytorch==0.6.0
 #   (.gpu/ is ignored; it travels as a carried path: 22 MB pack + 0.2 MB wheel)
 # Then on the GPU machine, from the repository root, with the 1.2 members and the stage-5 2.5D
-# members (benchmarks/train_members.sh stage5) in CardiacEnsembleLib/models/:
-#   OUT=/where/results/go bash benchmarks/gpu_train.sh round1
-#   OUT=/where/results/go bash benchmarks/gpu_train.sh round2   # same machine, after round1
+# members (research/train_members.sh stage5) in CardiacEnsembleLib/models/:
+#   OUT=/where/results/go bash research/gpu_train.sh round1
+#   OUT=/where/results/go bash research/gpu_train.sh round2   # same machine, after round1
 # Each round brings back one <recipe>.tar per member (best/ as fp16 + the log); unpack round 2's
-# into runs/gpu2/ and run benchmarks/release_ensemble.sh here.
+# into runs/gpu2/ and run CardiacEnsembleDev/scripts/release_ensemble.sh here.
 #
 # Release 1.4 came from exactly this on an H100 (2026-11-26): round 1 (lr 7e-4, seed 4) ran
 # 2,600-3,500 steps of 32 slices per member, 5 members at once, in 381 s; round 2 (lr 3e-4,
@@ -22,17 +22,17 @@
 #
 # Round `diverse` (release 1.5 candidates, not run yet): four members from scratch (empty warm
 # starts), each its own seed and name (RECIPE@SEED -> member RECIPE-sSEED). Why: every 1.4 member
-# descends from the three stage-1 CPU runs of benchmarks/train_members.sh (U-Net, LinkNet, FPN),
+# descends from the three stage-1 CPU runs of research/train_members.sh (U-Net, LinkNet, FPN),
 # all started with seed 0, so from one MobileNetV2 encoder initialisation; their errors are
-# alike, and benchmarks/member_pool.py and
-# benchmarks/fusion_ceiling.py found neither more members of that family nor a better fusion
+# alike, and research/member_pool.py and
+# research/fusion_ceiling.py found neither more members of that family nor a better fusion
 # rule lifts the ensemble. Independent draws are what makes a deep ensemble work. Judge what
 # comes back with
-#   .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --per-class \
+#   .venv/bin/python research/member_pool.py --data ../shared/acdc --per-class \
 #       --extra runs/gpu3/*/best
 # before shipping anything. (A SegFormer, recipe segformer25d-mitb0, was the first try at
 # unlike errors: from scratch on the CPU it stalled near 0.86 validation Dice, far below the
-# CNNs; benchmarks/train_members.sh stage7.)
+# CNNs; research/train_members.sh stage7.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
@@ -53,9 +53,9 @@ case "${1:-}" in
     recipes=(unetpp25d-mnv2@7 unet25d-mnv2@8 unetpp-scse25d-mnv2@9 fpn25d-mnv2@10)
     starts=("" "" "" "")
     settings=(--work /tmp/gpu_train3 --budget-s 470 --lr 2e-3 --seed 6 --version 1.5) ;;
-  *) echo "usage: OUT=DIR bash benchmarks/gpu_train.sh round1|round2|diverse" >&2; exit 2 ;;
+  *) echo "usage: OUT=DIR bash research/gpu_train.sh round1|round2|diverse" >&2; exit 2 ;;
 esac
 jobs=()
 for i in "${!recipes[@]}"; do jobs+=(--job "${recipes[$i]}=${starts[$i]}"); done
-python3 benchmarks/gpu_train.py --pack .gpu/acdc_slices_m32.npz.xz --out "$OUT" \
+python3 research/gpu_train.py --pack .gpu/acdc_slices_m32.npz.xz --out "$OUT" \
   "${settings[@]}" "${jobs[@]}" 2>&1 | tee "$OUT/gpu_train_$1.log"

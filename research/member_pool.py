@@ -3,7 +3,7 @@
 The library ("pool") is the shipped members, the members of earlier releases (read back from
 git history, so reusing one would add no new blob to the repository) and any candidate run
 folders given with --extra (a run's best/, stored in the pool as fp16, as `ship` would).
-Greedy forward selection (`selection.forward_selection`) picks members and weights three ways:
+Greedy forward selection (`forward_selection` below) picks members and weights three ways:
 from the shipped members only, from the whole pool within the 40 MB shipping budget, and from
 the whole pool with no budget. Each is scored the way the shipped choice is judged: fitted on
 half the validation patients and scored, with the largest-component clean-up, on the other half
@@ -15,11 +15,11 @@ weights searched from equal weights (the fourth of the shipped selection's searc
 fits nothing in its choice of members, so its held-out Dice is not flattered by the pool's
 size. Test patients are never read.
 
-    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --release bb05a5e \
-        --per-class --no-unbounded --report reports/member_pool.md
-    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --per-class \
-        --extra runs/cpu16/unet25d-mnv2-s11-ft/best --report reports/member_pool_s11.md
-    .venv/bin/python benchmarks/member_pool.py --data ../shared/acdc --no-selection \
+    .venv/bin/python research/member_pool.py --data ../shared/acdc --release bb05a5e \
+        --per-class --no-unbounded --report research/reports/member_pool.md
+    .venv/bin/python research/member_pool.py --data ../shared/acdc --per-class \
+        --extra runs/cpu16/unet25d-mnv2-s11-ft/best --report research/reports/member_pool_s11.md
+    .venv/bin/python research/member_pool.py --data ../shared/acdc --no-selection \
         --extra runs/cpu17/unetpp25d-mnv2-s14-ft/best \
         --set fpn25d-mnv2 unet25d-mnv2 unetpp25d-mnv2 unetpp-scse25d-mnv2 unetpp25d-mnv2-s14
 
@@ -34,24 +34,76 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import math
+import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from CardiacEnsembleLib.ensemble import (DEFAULT_MODELS_DIR, load_ensemble,  # noqa: E402
-                                         read_manifest, write_manifest)
-from CardiacEnsembleLib.members import (WEIGHTS_FILE, load_member,  # noqa: E402
+from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest  # noqa: E402
+from CardiacEnsembleLib.core.progress import CancelToken  # noqa: E402
+from CardiacEnsembleLib.inference.ensemble import load_ensemble  # noqa: E402
+from CardiacEnsembleDev.release.ship import write_manifest  # noqa: E402
+from CardiacEnsembleLib.inference.members import (WEIGHTS_FILE, load_member,  # noqa: E402
                                          save_member)
-from CardiacEnsembleLib.selection import (ValidationFrame,  # noqa: E402
-                                          collect_validation_frames, forward_selection,
+from CardiacEnsembleDev.release.selection import (SearchResult, ValidationFrame,  # noqa: E402
+                                          collect_validation_frames, weighted_mean_dice,
                                           patient_folds, per_class_ascent, score_candidate)
 from validation_benchmark import cached_frames, print_and_write  # noqa: E402
 
 MODELS = DEFAULT_MODELS_DIR.relative_to(REPO).as_posix()
 MEMBER_FILES = ("config.json", "member.json", WEIGHTS_FILE)
+
+
+def forward_selection(frames: Sequence[ValidationFrame], sizes_mb: Sequence[float],
+                      budget_mb: float = math.inf, allowed: Optional[Sequence[int]] = None,
+                      max_steps: int = 25,
+                      cancel: Optional[CancelToken] = None) -> SearchResult:
+    """Greedy ensemble selection from a library of members (Caruana et al., ICML 2004).
+
+    Start empty; at each step add the one member (repeats allowed: how often a member was added
+    becomes its weight) whose addition gives the best weighted-mean Dice, as long as the
+    distinct members chosen fit `budget_mb` together; stop when no addition helps. Why this
+    and not a weight search over the whole library: it answers which members to ship under a
+    size budget, and starting from the best single member it never picks a combination that
+    scores below it on the patients it was fitted to. `allowed` (member indices) restricts the
+    library, e.g. to the shipped members. Being greedy, a larger library can end below a smaller
+    one: an early pick that pairs well with the best member can lock the search out of a better
+    set (a half-trained SegFormer did exactly that), so compare libraries side by side, as
+    this script does.
+    """
+    started = time.perf_counter()
+    m = frames[0].member_probs.shape[0]
+    if len(sizes_mb) != m:
+        raise ValueError(f"{len(sizes_mb)} sizes for {m} members")
+    allowed = list(range(m)) if allowed is None else list(allowed)
+    counts, best, trace = np.zeros(m), -1.0, []
+    for _ in range(max_steps):
+        step_best, step_member = -1.0, None
+        for i in allowed:
+            chosen = (counts > 0) | (np.arange(m) == i)
+            if sum(np.asarray(sizes_mb)[chosen]) > budget_mb:
+                continue
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            trial = counts.copy()
+            trial[i] += 1
+            score = weighted_mean_dice(frames, list(map(float, trial / trial.sum())))
+            trace.append(max(best, score))
+            if score > step_best:
+                step_best, step_member = score, i
+        if step_member is None or step_best <= best + 1e-9:
+            break
+        best = step_best
+        counts[step_member] += 1
+    if not counts.any():
+        raise ValueError(f"no allowed member fits the {budget_mb} MB budget")
+    return SearchResult("forward selection", list(map(float, counts / counts.sum())), best,
+                        len(trace), time.perf_counter() - started, trace)
 
 
 def release_members(commit: str, pool: Path) -> list[Path]:
@@ -84,8 +136,8 @@ def build_pool(pool: Path, releases: list[str], extras: list[Path]) -> list[str]
     Extras are stored as fp16, as `ship` would store them, so a run's fp32 best/ is counted at
     its shipping size and scored the way it would ship."""
     shipped = read_manifest(DEFAULT_MODELS_DIR)
-    for entry in shipped["members"]:
-        shutil.copytree(DEFAULT_MODELS_DIR / entry["folder"], pool / entry["name"])
+    for entry in shipped.members:
+        shutil.copytree(DEFAULT_MODELS_DIR / entry.folder, pool / entry.name)
     for commit in releases:
         release_members(commit, pool)
     for extra in extras:
@@ -95,7 +147,7 @@ def build_pool(pool: Path, releases: list[str], extras: list[Path]) -> list[str]
         save_member(member.network, member.spec, pool / member.name, half=True)
     folders = sorted(p for p in pool.iterdir() if (p / "member.json").exists())
     write_manifest(pool, folders, name="member-pool", version="0")
-    return [entry["name"] for entry in shipped["members"]]
+    return shipped.names
 
 
 def lcc_dice(frames, weights) -> float:
@@ -190,12 +242,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pool = Path(tmp)
         shipped_names = build_pool(pool, args.release, args.extra)
-        entries = read_manifest(pool)["members"]  # the ensemble's member order
-        names = [entry["name"] for entry in entries]
+        entries = read_manifest(pool).members  # the ensemble's member order
+        names = [entry.name for entry in entries]
         frames = cached_frames(  # with a cache, no network is loaded
             args.cache, {"names": names},
             lambda: collect_validation_frames(load_ensemble(pool, device="cpu"), args.data))
-    sizes = [entry["size_bytes"] / 1e6 for entry in entries]
+    sizes = [entry.size_bytes / 1e6 for entry in entries]
     shipped = [names.index(n) for n in shipped_names]
     rivals = best_shipped_per_fold(frames, shipped, len(names))
     unknown = sorted({n for s in args.sets for n in s} - set(names))
@@ -207,7 +259,7 @@ def main() -> int:
             ("pool, no budget", None, float("inf"))][:2 if args.no_unbounded else 3]
     rows = [] if args.no_selection else rows
     lines = [f"# Member pool on the validation split ({len(frames) // 2} patients, ED and ES)", "",
-             "Produced by `python benchmarks/member_pool.py " + " ".join(sys.argv[1:]) + "`.", "",
+             "Produced by `python research/member_pool.py " + " ".join(sys.argv[1:]) + "`.", "",
              f"Pool: {', '.join(f'{n} ({s:.1f} MB)' for n, s in zip(names, sizes))}.", "",
              "Members: each one alone, with the largest-component clean-up (lcc), all "
              "validation frames.", "",

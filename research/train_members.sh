@@ -21,7 +21,7 @@
 #   stage 6 (release 1.3 candidates): the same for the scSE U-Net++ (14 epochs) and the FPN
 #            (16 epochs), after stage 5's 2.5D U-Net++ had become the best member on validation.
 #   stage 7 (release 1.5 candidate): a SegFormer (MiT-B0 transformer encoder) 2.5D member from
-#            scratch, 60 epochs of 100 steps, lr 1e-3, seed 6, one thread: benchmarks/member_pool.py
+#            scratch, 60 epochs of 100 steps, lr 1e-3, seed 6, one thread: research/member_pool.py
 #            showed that the 1.4 ensemble gains nothing from more MobileNetV2 CNNs. About 160 s
 #            per epoch next to other work; it spans sessions (resume: run it again).
 #   stage 8 (release 1.5 candidate): an independent draw, a 2.5D U-Net from scratch with its
@@ -30,13 +30,13 @@
 #            from one encoder initialisation and one batch order (see gpu_train.sh, round
 #            diverse, for the same idea on a lent GPU). Stage 7 was stopped after epoch 41 of 60
 #            (best 0.864), too weak beside the CNNs to be worth its core. At epoch 29 (0.876 raw,
-#            0.890 with lcc) benchmarks/member_pool.py did not pick it: still weaker than every
+#            0.890 with lcc) research/member_pool.py did not pick it: still weaker than every
 #            shipped member (0.893-0.914 with lcc).
 #   stage 9: stage 8's second one-cycle schedule, as stage 2 was stage 1's, from its best epoch
 #            (35, 0.885), lr 5e-4, seed 12, 30 epochs, one thread; same name. Best 0.891 at epoch
 #            22 (shipped unet25d-mnv2: 0.901), about 160 s per epoch beside stage 10. With lcc
-#            0.897; benchmarks/member_pool.py --per-class takes it in the LinkNet's place, but the
-#            held-out Dice stays put (0.9178 against 0.9179: reports/member_pool_s11.md).
+#            0.897; research/member_pool.py --per-class takes it in the LinkNet's place, but the
+#            held-out Dice stays put (0.9178 against 0.9179: research/reports/member_pool_s11.md).
 #   stage 10: a second independent draw on the other core, the best recipe (scSE U-Net++ 2.5D)
 #            from scratch with seed 13 (unetpp-scse25d-mnv2-s13), as stage 8; 200-350 s per
 #            epoch beside stage 9, so its 40 epochs spanned sessions. Best 0.8735 at epoch 32.
@@ -45,8 +45,8 @@
 #   stage 12: stage 10's second one-cycle schedule from its best epoch, as stage 9 was stage 8's:
 #            lr 5e-4, seed 15, 20 epochs (not 30: stage 9 peaked at 22 of 30, and 20 epochs fit
 #            one session), same name. Best 0.8831 at epoch 12 (shipped scSE U-Net++: 0.9005).
-#            benchmarks/member_pool.py --per-class adds it to four shipped members: held-out
-#            0.9184 against 0.9179, within noise (reports/member_pool_s13.md); no release.
+#            research/member_pool.py --per-class adds it to four shipped members: held-out
+#            0.9184 against 0.9179, within noise (research/reports/member_pool_s13.md); no release.
 #            Stages 10 (from epoch 27) and 12 ran alone with THREADS=2, stage 11 paused, so the
 #            draw could be judged within the session: 102-130 s per epoch, against 175-200 s on
 #            one thread beside another run (two runs on one thread each still do more per hour).
@@ -55,12 +55,12 @@
 #            per epoch (the scSE blocks make stage 12's twice that). Best 0.9016 at epoch 14
 #            (shipped U-Net++: 0.902), the first draw as strong as its shipped twin; with lcc
 #            0.9041. Forward selection among all eight held out worse than among the shipped
-#            five (+0.20 against +0.36: reports/member_pool_s14.md), but as a fixed set in the
-#            LinkNet's place it held out better (reports/member_pool_sets.md): release
-#            candidate 1.5, which scored below 1.4 on test and was not shipped (README).
+#            five (+0.20 against +0.36: research/reports/member_pool_s14.md), but as a fixed
+#            set in the LinkNet's place it held out better (research/reports/member_pool_sets.md):
+#            release candidate 1.5, which scored below 1.4 on test and was not shipped (README).
 #   Logs append (resuming a run keeps the earlier epochs' lines; history.csv has them all).
 #   release 1.4: stage 5's 2.5D U-Net and U-Net++ and 1.2's LinkNet, FPN and scSE U-Net++ (made
-#            2.5D there) were fine-tuned on a lent GPU: benchmarks/gpu_train.sh. Stage 6 never ran.
+#            2.5D there) were fine-tuned on a lent GPU: research/gpu_train.sh. Stage 6 never ran.
 # Each run resumes from its last.pt if interrupted; run the same command again.
 # One thread per run and all four runs at once use two cores fully; a run alone on the machine
 # may take both with THREADS=2 (stage 12 did); on a GPU pass DEVICE=cuda and larger EPOCHS.

@@ -6,18 +6,22 @@
 #     a new member takes the place of the shipped member of its architecture only if its
 #     validation Dice is higher (checked below);
 #  2. select, on the 20 validation patients only: weight search (random search, coordinate
-#     ascent, per-class coordinate ascent), fusion rule, post-processing
+#     ascent, per-class coordinate ascent, from their answer and from equal weights), fusion
+#     rule, post-processing
 #     -> reports/validation_selection/, written into the manifest;
 #  3. evaluate once on the 40 test patients -> reports/acdc_test.md (+ two PNGs), with the cost
 #     of each member and the ensemble benchmarked side by side on patient101 and patient102;
-#     the headline test metrics go into the manifest.
+#     the headline test metrics go into the manifest;
+#  4. the release check (Testing/Release): the committed manifest, report and scores agree
+#     with each other and with the member files. It is not part of the unit tests: it checks
+#     what this script wrote, so it runs here, last, and a failure means "not a release".
 # Run on a quiet machine: timings are medians, but other load still shifts them.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."  # the repository root
 data=${ACDC_ROOT:-../shared/acdc}
 runs=${RUNS:-runs/gpu2}
 cli=.venv/bin/cardiac-ensemble
-# Release 1.4: the five members fine-tuned on a lent H100 (benchmarks/gpu_train.sh, two rounds),
+# Release 1.4: the five members fine-tuned on a lent H100 (research/gpu_train.sh, two rounds),
 # all 2.5D. Each replaces the 1.2 member of its architecture; ship re-scores them on the real
 # validation frames (they were trained on a slice pack) and the check below refuses a release in
 # which any of them scores lower on validation than the member it replaces.
@@ -28,7 +32,7 @@ cp CardiacEnsembleLib/models/manifest.json "$previous"
 echo "shipping ${members[*]}"
 $cli -q ship "${members[@]}" --data "$data" --name acdc-default --version 1.4 --overwrite \
   --description "CardiacEnsemble acdc-default 1.4 (U-Net, LinkNet, FPN, two U-Net++ on MobileNetV2; 2.5D)" \
-  --note "Members trained on a 2-core CPU (U-Net, LinkNet, FPN, U-Net++, U-Net++ with scSE: 3,000-8,000 steps of 16 slices each; stage 5 made the U-Net and U-Net++ 2.5D), then fine-tuned as 2.5D members on one H100 in two rounds of about 3,000 and 2,400 steps of 32 slices (benchmarks/gpu_train.sh); see reports/acdc_test.md."
+  --note "Members trained on a 2-core CPU (U-Net, LinkNet, FPN, U-Net++, U-Net++ with scSE: 3,000-8,000 steps of 16 slices each; stage 5 made the U-Net and U-Net++ 2.5D), then fine-tuned as 2.5D members on one H100 in two rounds of about 3,000 and 2,400 steps of 32 slices (research/gpu_train.sh); see reports/acdc_test.md."
 .venv/bin/python - "$previous" <<'PY'
 import json, sys
 before = json.load(open(sys.argv[1]))["members"]
@@ -42,5 +46,6 @@ for new, old in zip(after, before):
 sys.exit(f"validation Dice fell for {worse}: not a release" if worse else 0)
 PY
 $cli -q select --data "$data" --apply --overwrite --out reports/validation_selection
-$cli -q evaluate --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
+$cli -q report --data "$data" --split test --out reports/acdc_test --report reports/acdc_test.md \
   --benchmark patient101 patient102 --record-in-manifest --overwrite
+.venv/bin/python -m pytest -q Testing/Release

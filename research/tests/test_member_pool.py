@@ -1,24 +1,20 @@
-"""benchmarks/member_pool.py judges candidate runs at the size and precision they would ship in,
-so a run's fp32 best/ folder must enter the pool as fp16 without touching the run itself."""
+"""research/member_pool.py judges candidate runs at the size and precision they would ship in,
+so a run's fp32 best/ folder must enter the pool as fp16 without touching the run itself, and
+a fixed member set is scored on patients its weights were not fitted on."""
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from CardiacEnsembleLib.acdc import PatientFolder
-from CardiacEnsembleLib.ensemble import read_manifest
-from CardiacEnsembleLib.members import WEIGHTS_FILE, create_network, load_member, save_member
-from CardiacEnsembleLib.recipes import recipe_spec
-from CardiacEnsembleLib.selection import ValidationFrame
+from CardiacEnsembleLib.io.acdc import PatientFolder
+from CardiacEnsembleLib.core.manifest import read_manifest
+from CardiacEnsembleLib.inference.members import WEIGHTS_FILE, create_network, load_member, save_member
+from CardiacEnsembleDev.training.recipes import recipe_spec
+from CardiacEnsembleDev.release.selection import ValidationFrame
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-import member_pool  # noqa: E402
+import member_pool  # research/, put on sys.path by conftest.py
 
 
 def fp32_run(folder, member_name=""):
@@ -34,7 +30,7 @@ def test_an_extra_run_enters_the_pool_as_fp16_and_the_run_is_untouched(tmp_path)
     pool = tmp_path / "pool"
     pool.mkdir()
     shipped = member_pool.build_pool(pool, [], [run])
-    sizes = {e["name"]: e["size_bytes"] for e in read_manifest(pool)["members"]}
+    sizes = {e.name: e.size_bytes for e in read_manifest(pool).members}
     assert "unet25d-mnv2-s99" in sizes and "unet25d-mnv2-s99" not in shipped
     # counted at its shipping size: about half the run's fp32 file, the size of the shipped
     # member of the same recipe
@@ -55,15 +51,16 @@ def test_an_extra_named_like_a_shipped_member_is_refused(tmp_path):
         member_pool.build_pool(pool, [], [run])
 
 
+def soft(labels: np.ndarray, confidence: float = 0.8) -> torch.Tensor:
+    one_hot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), 4).permute(3, 0, 1, 2)
+    return one_hot.float() * confidence + (1 - confidence) / 4
+
+
 def test_a_fixed_set_is_scored_held_out_and_its_weights_find_the_right_member(patient_dir):
     """Member 0 is the truth, member 1 the truth shifted 8 px, on both patients: the mean of
     the two errs, per-class weights fitted on one patient carry to the other (the same member
     is right there too), and a set of the true member alone scores what the rival (that member
     + lcc) scores: no gain."""
-    def soft(labels):
-        one_hot = F.one_hot(torch.from_numpy(labels.astype(np.int64)), 4).permute(3, 0, 1, 2)
-        return one_hot.float() * 0.8 + 0.05
-
     frames = []
     for patient in ("patient001", "patient002"):
         for phase in ("ED", "ES"):
