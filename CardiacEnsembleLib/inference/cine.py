@@ -80,11 +80,9 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
                          f"frames {first + 1}-{stop}: {message}")
 
         member_probs, _ = ensemble.volume_probabilities(stack, spacing, report, cancel, timings)
-        t0 = time.perf_counter()
         fused = fuse_and_clean(ensemble.fusion, member_probs, ensemble.weights,
-                               ensemble.postprocess, volumes=stop - start)
+                               ensemble.postprocess, volumes=stop - start, timings=timings)
         labels[start:stop] = fused.labels.reshape(stop - start, *cine.shape[1:])
-        timings["fusion"] = timings.get("fusion", 0.0) + time.perf_counter() - t0
     volumes = {name: np.array([volume_ml(frame, value, spacing) for frame in labels])
                for name, value in STRUCTURES.items()}
     return CineSegmentation(labels, geometry, volumes, time.perf_counter() - started, timings)

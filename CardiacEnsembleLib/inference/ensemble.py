@@ -33,14 +33,20 @@ from CardiacEnsembleLib.inference.runner import (add_stage, optimize_for_inferen
 
 
 def fuse_and_clean(rule: str, member_probs: torch.Tensor, weights: Optional[WeightTable] = None,
-                   steps: Sequence[str] = (), volumes: int = 1) -> FusionResult:
+                   steps: Sequence[str] = (), volumes: int = 1,
+                   timings: Optional[dict] = None) -> FusionResult:
     """Fuse (M, C, N, Y, X) member probabilities with `rule`, then clean the fused labels with
     `steps`, volume by volume (N = `volumes` x Z slices: one frame, or a cine chunk).
 
     `weights` are used by the "weighted" rule only. The members' own label maps and the
-    uncertainty maps stay as fusion made them; only `labels` is cleaned.
+    uncertainty maps stay as fusion made them; only `labels` is cleaned. `timings`
+    accumulates the seconds of the two parts ("fusion", "postprocess").
     """
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
     result = fuse(rule, member_probs, weights if rule == FusionRule.WEIGHTED else None)
+    cleaning = time.perf_counter()
+    timings["fusion"] = timings.get("fusion", 0.0) + cleaning - started
     steps = check_steps(steps)
     if steps:
         shape = result.labels.shape
@@ -50,6 +56,7 @@ def fuse_and_clean(rule: str, member_probs: torch.Tensor, weights: Optional[Weig
         for t in range(volumes):
             labels[t] = apply_steps(labels[t], steps, member_labels[:, t])
         result.labels = labels.reshape(shape)
+        timings["postprocess"] = timings.get("postprocess", 0.0) + time.perf_counter() - cleaning
     return result
 
 
@@ -192,17 +199,10 @@ class Ensemble:
         members' label maps stay as the networks produced them."""
         timings = dict(timings or {})
         timings["members"] = float(sum(seconds))
-        t0 = time.perf_counter()
-        raw = fuse_and_clean(rule, member_probs, self.weights)
-        timings["fusion"] = time.perf_counter() - t0
-        member_labels = raw.member_labels.cpu().numpy()
-        labels = np.asarray(raw.labels, dtype=np.uint8)
         steps = self.postprocess if postprocess is None else check_steps(postprocess)
-        if steps:
-            t0 = time.perf_counter()
-            labels = apply_steps(labels, steps, member_labels)
-            timings["postprocess"] = time.perf_counter() - t0
-        result = raw
+        result = fuse_and_clean(rule, member_probs, self.weights, steps, timings=timings)
+        member_labels = result.member_labels.cpu().numpy()
+        labels = np.asarray(result.labels, dtype=np.uint8)
         members = [MemberOutput(m.name, member_labels[i], float(seconds[i]),
                                 member_probs[i].cpu().numpy() if keep_member_probabilities
                                 else None) for i, m in enumerate(self.members)]
