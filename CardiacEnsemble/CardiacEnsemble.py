@@ -2,8 +2,10 @@
 
 A thin shell. The widget binds the panel to a parameter node and calls the Logic; the Logic has
 no Qt and calls `CardiacEnsembleLib.slicer` (MRML <-> the library's `Case`/`Prediction`) and the
-library itself. Inference runs on a worker thread (`CardiacEnsembleLib.slicer.jobs`) that the
-widget polls with a QTimer, so Slicer stays responsive and Cancel stops within one batch.
+library itself. Inference runs in a worker process started with Slicer's own Python
+(`CardiacEnsembleLib.slicer.worker`), which keeps the ensemble loaded between segmentations; the
+widget polls it with a QTimer, so Slicer stays responsive, and Cancel kills the process at once.
+A thread would not do: PythonQt keeps the GIL on Slicer's main thread, so it would be starved.
 
 Console use, no panel needed:
 
@@ -44,6 +46,8 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
 # core imports numpy only (Slicer bundles it), so these work before torch is installed.
 from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest  # noqa: E402
 from CardiacEnsembleLib.core.options import FUSION_RULES, FusionRule  # noqa: E402
+from CardiacEnsembleLib.core import requirements  # noqa: E402
+from CardiacEnsembleLib.core.terminology import TERMINOLOGY_FILE  # noqa: E402
 
 
 def _read_manifest(modelsDir=None):
@@ -65,14 +69,16 @@ def _shipped_fusion_rule(modelsDir=None) -> str:
 
 
 DEVICES = ["auto", "cpu", "cuda"]
-#: Python packages the library needs beyond what Slicer ships (import name -> pip requirement).
-#: torch comes through the PyTorch extension (or pip when it is absent).
-REQUIREMENTS = {
-    "nibabel": "nibabel>=5.2",
-    "segmentation_models_pytorch": "segmentation-models-pytorch>=0.5,<0.7",
-    "safetensors": "safetensors>=0.4",
-}
-TORCH_REQUIREMENT = ">=2.1"
+#: What the PyTorch extension is asked for (the library's minimum, `core.requirements`).
+TORCH_REQUIREMENT = ">=" + requirements.TORCH_MINIMUM
+#: The sample patient offered in the Sample Data module: its ED and ES frames (file, node
+#: name, sha256). The checksums are of the shipped files, so a damaged install is caught.
+SAMPLE_FILES = (
+    ("patient090_frame04.nii.gz", "patient090 ED",
+     "10fcfd615431665d9e3387406f0314214fd3118f650256796f064c6be8ef0b0d"),
+    ("patient090_frame11.nii.gz", "patient090 ES",
+     "d12e3d47d07176f4cf07fccbf5b7a45408854179004c3599e2fd9b6131a179f6"),
+)
 #: Node reference from a segmentation to the metrics table Evaluate made for it (reused).
 METRICS_REFERENCE = "CardiacEnsembleMetrics"
 
@@ -91,21 +97,63 @@ class CardiacEnsemble(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "Cardiac Ensemble"
-        self.parent.categories = ["Segmentation"]
+        self.parent.categories = ["Segmentation", "Cardiac"]
         self.parent.dependencies = ["Segmentations"]
-        self.parent.contributors = ["CardiacEnsemble contributors"]
+        self.parent.contributors = ["CardiacEnsemble dev"]
         self.parent.helpText = (
             "Segments the right-ventricle cavity, left-ventricle myocardium and left-ventricle "
             "cavity in short-axis cardiac cine-MRI (ACDC-like ED/ES frames) with an ensemble of "
             "2D networks, shows each member and the ensemble's uncertainty, and scores a "
             "(possibly corrected) segmentation against the expert one: Dice, HD95 and mean "
             "surface distance in mm, ventricular volumes, ejection fraction, myocardial mass. "
-            "Research use only; not for diagnosis.")
+            "Research use only; not for diagnosis. Needs Slicer 5.10 or later.")
         self.parent.acknowledgementText = (
             "The shipped networks were trained, and the sample patient (patient090) comes from, "
             "the ACDC challenge data (MICCAI 2017), licensed CC BY-NC-SA 4.0 for non-commercial "
             "scientific research only. Any use must cite: " + ACDC_CITATION + ". "
             "The module's code is Apache-2.0.")
+        # After startup: the terminology logic and the Sample Data module exist by then (two
+        # slots, so a failure of one does not skip the other).
+        slicer.app.connect("startupCompleted()", self.loadTerminology)
+        slicer.app.connect("startupCompleted()", self.registerSampleData)
+
+    def loadTerminology(self) -> None:
+        """Make the segments' terminology (Myocardium is not in Slicer's list) known to Slicer."""
+        terminologies = getattr(slicer.modules, "terminologies", None)
+        if terminologies is None:  # no terminology module (e.g. a stripped-down build)
+            logging.warning("Cardiac Ensemble: no Terminologies module; segments keep their "
+                            "codes but Slicer cannot list their terminology")
+            return
+        from CardiacEnsembleLib.slicer.segmentations import load_terminology
+
+        load_terminology(terminologies.logic(), terminologyPath())
+
+    def registerSampleData(self) -> None:
+        """patient090 (ED and ES) in the Sample Data module, loaded from the shipped files."""
+        import SampleData
+
+        uris, names, nodes, checksums = sampleDataSource()
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="Cardiac Ensemble", sampleName="ACDC patient090", uris=uris,
+            fileNames=names, nodeNames=nodes, checksums=checksums,
+            thumbnailFileName=os.path.join(_HERE, "Resources", "Icons", "CardiacEnsemble.png"))
+
+
+def terminologyPath() -> str:
+    return os.path.join(_HERE, "Resources", TERMINOLOGY_FILE)
+
+
+def sampleDataSource():
+    """(uris, file names, node names, checksums) of the sample patient, as Sample Data takes
+    them: local file URIs, so no download is needed and the checksum is still verified."""
+    import pathlib
+
+    import CardiacEnsembleLib
+
+    folder = pathlib.Path(CardiacEnsembleLib.__file__).parent / "sample" / "patient090"
+    return ([(folder / name).as_uri() for name, _, _ in SAMPLE_FILES],
+            [name for name, _, _ in SAMPLE_FILES], [node for _, node, _ in SAMPLE_FILES],
+            [f"SHA256:{digest}" for _, _, digest in SAMPLE_FILES])
 
 
 #
@@ -170,8 +218,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.logic.cancel()
         self._timer.stop()
+        self.logic.cleanup()  # ends the worker process (and frees its GPU memory)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -242,10 +290,14 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             box.blockSignals(wasBlocked)
         output = node.outputSegmentation if node else None
         hasMembers = bool(self._selectedMembers())
-        self.ui.segmentButton.enabled = bool(node and node.inputVolume and hasMembers) and not running
+        outputIsTruth = bool(output) and (output is node.groundTruth
+                                          or self.logic.isGroundTruth(output))
+        self.ui.segmentButton.enabled = bool(
+            node and node.inputVolume and hasMembers) and not outputIsTruth and not running
         self.ui.segmentButton.toolTip = (
-            "Segment the input volume with the selected members" if hasMembers
-            else "Check at least one ensemble member")
+            "The output is a ground truth, which would be overwritten: pick another output"
+            if outputIsTruth else "Segment the input volume with the selected members"
+            if hasMembers else "Check at least one ensemble member")
         self.ui.cancelButton.enabled = running
         self.ui.loadCaseButton.enabled = not running
         self.ui.evaluateButton.enabled = bool(output and node.groundTruth) and not running
@@ -256,6 +308,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- actions ---------------------------------------------------------------------
 
     def onLoadCase(self) -> None:
+        if not self._ensureDependencies():
+            return
         folder = qt.QFileDialog.getExistingDirectory(
             slicer.util.mainWindow(), "ACDC patient folder (with Info.cfg)")
         if not folder:
@@ -271,20 +325,40 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         + ("" if first.ground_truth else " (no ground truth)"))
 
     def _ensureDependencies(self) -> bool:
+        """Before any button that needs the library: the data terms acknowledged once, then
+        the missing Python packages installed (after asking)."""
+        if not self._ensureTermsAccepted():
+            return False
         missing = self.logic.missingDependencies()
         if not missing:
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 "Cardiac Ensemble needs these Python packages, not installed yet:\n\n  "
                 + "\n  ".join(missing)
-                + "\n\ntorch is installed through the PyTorch extension when it is available. "
-                  "Installing takes a few minutes and needs the internet. Install now?",
+                + "\n\ntorch is installed through the PyTorch extension; pip installs the "
+                  "others without replacing torch or SimpleITK. Installing takes a few minutes "
+                  "and needs the internet. Install now?",
                 "Install dependencies"):
             return False
         with slicer.util.tryWithErrorDisplay("Installing the dependencies failed.", waitCursor=True):
             self.logic.installDependencies()
-            return not self.logic.missingDependencies()
+            missing = self.logic.missingDependencies()
+            if missing:
+                raise RuntimeError("still missing after installing: " + ", ".join(missing)
+                                   + " (restart Slicer if torch was just installed)")
+            return True
         return False
+
+    def _ensureTermsAccepted(self) -> bool:
+        """Ask once (remembered in the settings) to acknowledge the non-commercial terms."""
+        settings = slicer.app.settings()
+        if requirements.terms_accepted(settings.value(requirements.TERMS_SETTINGS_KEY)):
+            return True
+        if not slicer.util.confirmYesNoDisplay(requirements.TERMS_TEXT,
+                                               windowTitle="Cardiac Ensemble: terms of use"):
+            return False
+        settings.setValue(requirements.TERMS_SETTINGS_KEY, requirements.TERMS_VERSION)
+        return True
 
     def onSegment(self) -> None:
         if not self._ensureDependencies():
@@ -313,23 +387,23 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._timer.stop()
             return
-        status = job.status()
+        status = job.poll()  # never blocks: the worker process does the work
         self.ui.progressBar.value = int(round(100 * status.fraction))
-        if not status.done:
-            self.ui.statusLabel.text = (f"{status.message}: {status.completed}/{status.total} "
-                                        f"slices, {status.seconds:.0f} s")
+        if not status.finished:
+            self.ui.statusLabel.text = self._progressText(status)
             return
         self._timer.stop()
         self._job = None
         self.ui.progressBar.setVisible(False)
         from CardiacEnsembleLib.core.progress import Cancelled
+        from CardiacEnsembleLib.slicer.worker import WorkerError
 
         try:
             nodes = self.logic.finishSegmentation(job)
         except Cancelled:
             self.ui.statusLabel.text = "Cancelled; the scene was not changed."
-        except ValueError as error:
-            self.ui.statusLabel.text = "Segmentation failed."
+        except (ValueError, WorkerError) as error:  # the message says what happened and why
+            self.ui.statusLabel.text = "Segmentation failed; the scene was not changed."
             slicer.util.errorDisplay(str(error), windowTitle="Cardiac Ensemble")
         except Exception as error:
             self.ui.statusLabel.text = "Segmentation failed."
@@ -342,11 +416,22 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 f"member results are hidden segmentations beside '{nodes.segmentation.GetName()}'.")
         self._updateButtons()
 
+    @staticmethod
+    def _progressText(status) -> str:
+        if status.state == "starting":
+            return f"Starting the inference worker... {status.seconds:.0f} s"
+        if status.state == "loading":
+            return f"Loading the ensemble (once per session)... {status.seconds:.0f} s"
+        return (f"{status.message}: {status.completed}/{status.total} slices, "
+                f"{status.seconds:.0f} s")
+
     def onCancel(self) -> None:
-        self.logic.cancel()
-        self.ui.statusLabel.text = "Cancelling (stops after the current batch)..."
+        self.logic.cancel()  # kills the worker process: the next poll reports it
+        self.ui.statusLabel.text = "Cancelling..."
 
     def onEvaluate(self) -> None:
+        if not self._ensureDependencies():
+            return
         node = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Could not evaluate the segmentation.", waitCursor=True):
             table = self.logic.evaluate(node.outputSegmentation, node.groundTruth)
@@ -366,6 +451,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "Uncertainty: 0 = members agree, 1 = all classes equally likely."
 
     def onOpenSegmentEditor(self) -> None:
+        if not self._ensureDependencies():
+            return
         segmentation = self._parameterNode.outputSegmentation
         volume = self.logic.referenceVolume(segmentation) or self._parameterNode.inputVolume
         slicer.util.selectModule("SegmentEditor")
@@ -388,6 +475,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._ensembles = {}
         self.job = None
+        self._worker = None  # the inference worker's client, made with the first segment()
 
     def getParameterNode(self):
         return CardiacEnsembleParameterNode(super().getParameterNode())
@@ -396,27 +484,40 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def missingDependencies() -> list:
-        """pip requirements of what is not importable yet (torch first)."""
-        missing = [] if importlib.util.find_spec("torch") else ["torch" + TORCH_REQUIREMENT]
-        return missing + [requirement for module, requirement in REQUIREMENTS.items()
-                          if importlib.util.find_spec(module) is None]
+        """pip requirements of what is not importable yet, or too old (torch first)."""
+        return requirements.missing_packages()
 
     def installDependencies(self) -> None:
-        """torch via the PyTorch extension when present (it picks the CUDA build), else pip."""
-        if importlib.util.find_spec("torch") is None:
-            try:
-                import PyTorchUtils
-            except ImportError:
-                slicer.util.pip_install("torch" + TORCH_REQUIREMENT)
-            else:
-                torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                    askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError("the PyTorch extension did not install torch")
-        others = [requirement for module, requirement in REQUIREMENTS.items()
-                  if importlib.util.find_spec(module) is None]
-        if others:
-            slicer.util.pip_install(others)
+        """torch through the PyTorch extension (the build for this machine's CUDA, at least
+        `TORCH_REQUIREMENT`); then pip for the rest, constrained to the installed torch and
+        SimpleITK so that it never replaces them."""
+        if requirements.torch_problem(requirements.installed_version("torch")):
+            self._installTorch()
+        others = requirements.pip_requirements()
+        if not others:
+            return
+        import tempfile
+
+        constraints = requirements.pip_constraints(requirements.protected_versions())
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "constraints.txt")
+            with open(path, "w") as handle:
+                handle.write("\n".join(constraints) + "\n")
+            slicer.util.pip_install(["-c", path, *others])
+        importlib.invalidate_caches()
+
+    @staticmethod
+    def _installTorch() -> None:
+        try:
+            import PyTorchUtils
+        except ImportError as error:
+            raise RuntimeError("torch comes through the PyTorch extension: install 'PyTorch' "
+                               "from the Extensions Manager, restart Slicer, and try again"
+                               ) from error
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+            askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)
+        if torch is None:
+            raise RuntimeError(f"the PyTorch extension did not install torch{TORCH_REQUIREMENT}")
 
     # --- ensembles --------------------------------------------------------------------
 
@@ -429,15 +530,27 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     def ensemble(self, members=None, device: str = "auto", tta: bool = False,
                  modelsDir: Optional[str] = None):
-        """The (cached) ensemble: loading verifies every member's sha256 once per session."""
+        """The ensemble, restricted to `members` (None: all of them).
+
+        The whole ensemble is loaded (and cached: loading verifies every member's sha256 once
+        per session), then `Ensemble.subset` keeps the checked members, so their fusion
+        weights follow them and one member alone gives its own labels under any rule.
+        """
         from CardiacEnsembleLib.inference.ensemble import load_ensemble
 
-        key = (str(modelsDir or DEFAULT_MODELS_DIR), tuple(members or ()), device, bool(tta))
+        key = (str(modelsDir or DEFAULT_MODELS_DIR), device, bool(tta))
         if key not in self._ensembles:
             self._ensembles[key] = load_ensemble(modelsDir or DEFAULT_MODELS_DIR,
-                                                 members=list(members) if members else None,
                                                  device=device, tta=tta)
-        return self._ensembles[key]
+        full = self._ensembles[key]
+        if not members or list(members) == full.names:
+            return full
+        return full.subset(list(members))
+
+    @staticmethod
+    def headlessScriptPath() -> str:
+        """The batch script installed with the module (see its docstring for the command)."""
+        return os.path.join(_HERE, "Resources", "Scripts", "headless_segment.py")
 
     # --- the three jobs of the panel ----------------------------------------------------
 
@@ -450,25 +563,40 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
     def segment(self, volumeNode, members=None, fusion: Optional[str] = None, tta: bool = False,
                 device: str = "auto", outputSegmentation=None, modelsDir: Optional[str] = None,
                 wait: bool = False):
-        """Start segmenting `volumeNode` on a worker thread; returns the job to poll.
+        """Start segmenting `volumeNode` in the worker process; returns the job to poll
+        (`job.poll()`, `job.cancel()`), the scene untouched until `finishSegmentation`.
 
         `wait=True` (console, tests, batch) blocks and returns the `PredictionNodes` instead.
-        Bad input raises `SlicerBridgeError` (a ValueError) before any work starts.
+        Bad input raises `SlicerBridgeError` (a ValueError) before any work starts. The worker
+        keeps the ensemble loaded, so the next segmentation skips the load; `members` (None:
+        all), `fusion`, `tta` and `device` are sent with each request.
         """
-        from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
         from CardiacEnsembleLib.slicer.prediction import SegmentationJob
+        from CardiacEnsembleLib.slicer.segmentations import check_output_segmentation
         from CardiacEnsembleLib.slicer.volumes import check_volume
+        from CardiacEnsembleLib.slicer.worker import EnsembleRequest
 
         check_volume(volumeNode)
-        if outputSegmentation is not None and not outputSegmentation.IsA("vtkMRMLSegmentationNode"):
-            raise SlicerBridgeError("the output must be a segmentation node")
+        if outputSegmentation is not None:  # before any work: never a ground truth
+            check_output_segmentation(outputSegmentation)
         if self.job is not None and not self.job.done:
             raise RuntimeError("a segmentation is already running; wait for it or cancel it")
-        ensemble = self.ensemble(members, device, tta, modelsDir)
-        job = SegmentationJob(volumeNode, ensemble, fusion)
-        job.output = outputSegmentation
+        request = EnsembleRequest(str(modelsDir or DEFAULT_MODELS_DIR),
+                                  tuple(members) if members else None, fusion or None,
+                                  bool(tta), device)
+        job = SegmentationJob(volumeNode, self.inferenceWorker(), request,
+                              output=outputSegmentation)
         self.job = job
         return self.waitForCompletion(job) if wait else job
+
+    def inferenceWorker(self):
+        """The worker process's client (the process itself starts with the first request),
+        run with Slicer's own Python (`PythonSlicer`)."""
+        if self._worker is None:
+            from CardiacEnsembleLib.slicer.worker import InferenceWorker
+
+            self._worker = InferenceWorker()  # PythonSlicer: worker.default_python
+        return self._worker
 
     def waitForCompletion(self, job=None, timeout: Optional[float] = None):
         """Block until the job ends, then put its results into the scene (main thread)."""
@@ -478,14 +606,23 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         return self.finishSegmentation(job)
 
     def finishSegmentation(self, job):
-        """PredictionNodes of a finished job; raises `Cancelled` or the worker's error."""
+        """PredictionNodes of a finished job; raises `Cancelled`, `WorkerError` (the worker
+        crashed or was killed) or the worker's refusal (a ValueError), the scene unchanged."""
         if job is self.job:
             self.job = None
-        return job.finish(output=job.output)
+        return job.finish()
 
     def cancel(self) -> None:
+        """Kill the running segmentation's worker process; the next request starts another."""
         if self.job is not None:
             self.job.cancel()
+
+    def cleanup(self) -> None:
+        """End the worker process (module cleanup): frees its memory, GPU memory included."""
+        self.cancel()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
 
     def evaluate(self, segmentationNode, groundTruthNode, tableNode=None):
         """A metrics table for a (possibly edited) segmentation against a ground truth.
@@ -555,6 +692,13 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         return prediction_nodes(segmentationNode).uncertainty
 
     @staticmethod
+    def isGroundTruth(segmentationNode) -> bool:
+        """Whether a segmentation is a loaded ground truth (never a valid output)."""
+        from CardiacEnsembleLib.slicer.nodes import get_attribute
+
+        return get_attribute(segmentationNode, "role") == "ground truth"
+
+    @staticmethod
     def referenceVolume(segmentationNode):
         from CardiacEnsembleLib.slicer.segmentations import reference_volume_of
 
@@ -573,6 +717,16 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_startup_registered_terminology_and_sample()
+        missing = CardiacEnsembleLogic.missingDependencies()
+        if missing:  # the Extensions CI machines have no torch: say so, do not fail
+            message = ("Cardiac Ensemble self-test: skipping the inference tests, these Python "
+                       "packages are not installed: " + ", ".join(missing)
+                       + " (press Segment in the module panel to install them)")
+            logging.warning(message)
+            self.delayDisplay(message)
+            return
+        self.setUp()
         self.test_segment_evaluate_and_edit()
         self.setUp()
         self.test_cancel_leaves_scene_unchanged()
@@ -583,6 +737,20 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
         import CardiacEnsembleLib
 
         return os.path.join(os.path.dirname(CardiacEnsembleLib.__file__), "sample", "patient090")
+
+    def test_startup_registered_terminology_and_sample(self):
+        """What the startup hook did, no dependencies needed: the module's terminology is
+        known to Slicer, and patient090 is offered in the Sample Data module."""
+        import vtk
+        from CardiacEnsembleLib.core.terminology import TYPE_CONTEXT
+
+        names = vtk.vtkStringArray()
+        slicer.modules.terminologies.logic().GetLoadedTerminologyNames(names)
+        loaded = [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+        self.assertIn(TYPE_CONTEXT, loaded)
+        sources = getattr(slicer.modules, "sampleDataSources", {}).get("Cardiac Ensemble", [])
+        self.assertEqual([source.sampleName for source in sources], ["ACDC patient090"])
+        self.delayDisplay("Terminology and sample data registered")
 
     def _logic(self):
         logic = CardiacEnsembleLogic()

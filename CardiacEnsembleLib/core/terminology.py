@@ -10,8 +10,13 @@ from dataclasses import dataclass
 
 from .labels import LABEL_NAMES
 
-#: Slicer's terminology context names (the lists the codes below are looked up in).
-TYPE_CONTEXT = "Segmentation category and type - DICOM master list"
+#: Slicer's terminology context names (the lists the codes below are looked up in). The type
+#: context is the module's own (`TERMINOLOGY_FILE`, loaded at startup): Slicer's DICOM master
+#: list has the ventricles but not Myocardium (SCT 74281007); the regions are DICOM's.
+TYPE_CONTEXT = "Segmentation category and type - CardiacEnsemble"
+#: The file (in the module's Resources folder) that defines `TYPE_CONTEXT` for Slicer's
+#: terminology logic, so the Segment Editor shows and offers these types.
+TERMINOLOGY_FILE = "SegmentationCategoryTypeModifier-CardiacEnsemble.term.json"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
 ANATOMICAL_STRUCTURE = "SCT^123037004^Anatomical Structure"
 _EMPTY_CODE = "^^"
@@ -24,7 +29,8 @@ def terminology_string(type_code: str, *, region: str = _EMPTY_CODE,
 
     `context~category~type~typeModifier~regionContext~region~regionModifier`, each code as
     `scheme^value^meaning`: the format `vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry`
-    writes and `vtkSegment.SetTerminology` stores (and `.seg.nrrd` keeps as a segment tag).
+    writes; stored as the segment tag `vtkSegment.GetTerminologyEntryTagName()` names (the
+    portable call on every Slicer version), which `.seg.nrrd` keeps.
     """
     return "~".join([TYPE_CONTEXT, ANATOMICAL_STRUCTURE, type_code, type_modifier,
                      REGION_CONTEXT, region, region_modifier])

@@ -5,11 +5,13 @@
 - `volumes`: scalar volume nodes <-> `Case` (geometry as is), and what cannot be segmented.
 - `segmentations`: ACDC label maps <-> segmentation nodes by segment name, with terminology.
 - `prediction`: a `Prediction` into the scene (fused, members, uncertainty); segmenting a
-  volume node, on a worker thread (`SegmentationJob`) or synchronously.
+  volume node, by the worker process (`SegmentationJob`) or synchronously in this process.
 - `tables`: scores of segmentations as `MetricRow`s, table nodes and CSV.
-- `acdc`: an ACDC patient folder into the scene.
+- `acdc`: an ACDC patient folder into the scene, under one patient and study.
+- `hierarchy`: results under the input's study in the subject hierarchy, details in a folder.
 - `files`: nodes, segmentations and scenes to and from files.
-- `jobs`: one long call on a worker thread that the UI polls and cancels.
+- `worker`: the client of the inference worker process that the UI polls and cancels (no
+  MRML).
 
 These modules import only the MRML classes of `slicer`, `vtk` and the array helpers of
 `slicer.util` (never qt, ctk, `slicer.app` or `slicer.mrmlScene`), and take the scene as an
@@ -18,6 +20,6 @@ CI. The module widget, the headless script and the tests all go through them. (`
 inside this package is Python 3's absolute import: it names the top-level MRML package, never
 this one.)
 
-Nothing is imported here: importing one module (e.g. `jobs`, which needs no MRML) does not
+Nothing is imported here: importing one module (e.g. `worker`, which needs no MRML) does not
 load the others.
 """

@@ -3,8 +3,10 @@
 A `Prediction` becomes a fused segmentation, one hidden segmentation per member and the
 uncertainty map as a volume, linked to the fused one by node references, so they are found
 again after a scene reload and replaced (not duplicated) when the same output is segmented
-again. `SegmentationJob` runs the ensemble on a worker thread and puts its answer into the
-scene on the main thread; `segment_volume` is the same work, synchronously.
+again. `SegmentationJob` sends a volume node to the inference worker process (`worker`) and
+puts its answer into the scene on the main thread, only after it succeeded (a cancel or a
+crash leaves the scene as it was); `segment_volume` runs the ensemble in this process,
+synchronously (headless batch, where nothing else needs the main thread).
 """
 from __future__ import annotations
 
@@ -16,11 +18,12 @@ import numpy as np
 from slicer.util import arrayFromVolume
 
 from CardiacEnsembleLib.core.case import Geometry, Prediction
-from CardiacEnsembleLib.slicer.jobs import BackgroundJob
+from CardiacEnsembleLib.slicer.hierarchy import place_prediction
 from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError, get_attribute, set_attribute
 from CardiacEnsembleLib.slicer.segmentations import add_segmentation
 from CardiacEnsembleLib.slicer.volumes import add_volume_like, case_from_volume, \
     check_volume, ijk_to_ras
+from CardiacEnsembleLib.slicer.worker import EnsembleRequest, InferenceWorker, WorkerStatus
 
 #: Node reference roles from the fused segmentation to its member and uncertainty nodes.
 MEMBER_REFERENCE = "CardiacEnsembleMember"
@@ -88,6 +91,7 @@ def add_prediction(scene, prediction: Prediction, reference_volume, *,
     if uncertainty:
         nodes.uncertainty = _add_uncertainty(scene, prediction, reference_volume, segmentation,
                                              base)
+    place_prediction(nodes, reference_volume)  # under the input's study, details in a folder
     return nodes
 
 
@@ -131,33 +135,52 @@ def prediction_nodes(segmentation_node) -> PredictionNodes:
                            segmentation_node.GetNodeReference(UNCERTAINTY_REFERENCE))
 
 
-class SegmentationJob(BackgroundJob):
-    """Ensemble inference for one volume node on a worker thread (see `jobs`)."""
+class SegmentationJob:
+    """One volume node segmented by the inference worker process: `poll()` for the panel's
+    timer, `wait()` for the console, `cancel()` kills the worker; `finish()` puts the result
+    into the scene (main thread only)."""
 
-    def __init__(self, volume_node, ensemble, fusion: Optional[str] = None) -> None:
-        # Read the volume here, on the calling (main) thread: MRML is not thread-safe.
+    def __init__(self, volume_node, worker: InferenceWorker, request: EnsembleRequest, *,
+                 output=None) -> None:
+        # Read the volume here, before the worker is asked: unusable input raises first.
         self.case = case_from_volume(volume_node)
         self.volume_id = volume_node.GetID()
         self.scene = volume_node.GetScene()
-        case = self.case
-        super().__init__(lambda progress, cancel: ensemble.predict(
-            case, progress=progress, cancel=cancel, fusion=fusion), name=f"segment {case.name}")
+        self.output = output
+        self.name = f"segment {self.case.name}"
+        self.work = worker.submit(self.case, request)
+
+    def poll(self) -> WorkerStatus:
+        return self.work.poll()
+
+    @property
+    def done(self) -> bool:
+        return self.work.done
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self.work.wait(timeout)
+
+    def cancel(self) -> None:
+        self.work.cancel()
 
     def finish(self, *, output=None, name: Optional[str] = None, members: bool = True,
                uncertainty: bool = True) -> PredictionNodes:
-        """Put the finished prediction into the scene (main thread only)."""
-        prediction = self.result()
+        """Put the finished prediction into the scene; raises `Cancelled`, `WorkerError` or
+        `WorkerRequestError` (a ValueError) with the scene unchanged."""
+        prediction = self.work.result()
         volume = self.scene.GetNodeByID(self.volume_id)
         if volume is None:
             raise SlicerBridgeError(f"the input volume of {self.case.name} was removed from "
                                     f"the scene while it was being segmented")
-        return add_prediction(self.scene, prediction, volume, name=name, output=output,
+        return add_prediction(self.scene, prediction, volume, name=name,
+                              output=self.output if output is None else output,
                               members=members, uncertainty=uncertainty)
 
 
 def segment_volume(volume_node, ensemble, *, fusion: Optional[str] = None, output=None,
                    name: Optional[str] = None, progress=None) -> PredictionNodes:
-    """Segment synchronously (console, batch): the same work as a `SegmentationJob`."""
+    """Segment in this process, synchronously (headless batch): the same answer as a
+    `SegmentationJob`, without a worker process."""
     case = case_from_volume(volume_node)
     prediction = ensemble.predict(case, progress=progress, fusion=fusion)
     return add_prediction(volume_node.GetScene(), prediction, volume_node, name=name,

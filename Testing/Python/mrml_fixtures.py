@@ -55,12 +55,30 @@ def untrained_ensemble(untrained_models):
 
 
 @pytest.fixture(scope="module")
-def bridged_prediction(sample_loaded, untrained_ensemble):
-    """The ED frame segmented through the bridge's background job, as the panel does it."""
+def worker():
+    """An inference worker process (one torch thread) for a test module, stopped after it."""
+    from CardiacEnsembleLib.slicer.worker import InferenceWorker
+
+    worker = InferenceWorker(threads=1)
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="module")
+def untrained_request(untrained_models):
+    """What the panel sends the worker, for conftest's untrained members on the CPU."""
+    from CardiacEnsembleLib.slicer.worker import EnsembleRequest
+
+    return EnsembleRequest(str(untrained_models), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bridged_prediction(sample_loaded, worker, untrained_request):
+    """The ED frame segmented through the worker process, as the panel does it."""
     from CardiacEnsembleLib.slicer.prediction import SegmentationJob
 
     scene, loaded = sample_loaded
-    job = SegmentationJob(loaded["ED"].volume, untrained_ensemble)
+    job = SegmentationJob(loaded["ED"].volume, worker, untrained_request)
     assert job.wait(timeout=600), "segmentation job did not finish in 10 min (hung?)"
     return job, job.finish(name="patient090 ED prediction")
 

@@ -24,7 +24,8 @@ def test_scene_with_results_saves_and_reloads_intact(tmp_path, scene_file):
     from CardiacEnsembleLib.slicer.nodes import get_attribute
     from CardiacEnsembleLib.slicer.prediction import add_prediction, prediction_nodes
     from CardiacEnsembleLib.slicer.scene import create_scene, node_by_name
-    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation
+    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation, \
+        segment_terminology
     from CardiacEnsembleLib.slicer.tables import add_metrics_table, evaluate_segmentation, \
         table_rows
 
@@ -45,7 +46,7 @@ def test_scene_with_results_saves_and_reloads_intact(tmp_path, scene_file):
     segmentation = result.GetSegmentation()
     for spec in SEGMENTS:
         segment = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(spec.name))
-        assert segment.GetTerminology() == spec.terminology
+        assert segment_terminology(segment) == spec.terminology
         assert segment.GetColor() == pytest.approx(spec.color)
     again_volume = node_by_name(reloaded, "patient090 ED", "vtkMRMLScalarVolumeNode")
     np.testing.assert_array_equal(arrayFromVolume(again_volume), case.image)
@@ -72,7 +73,8 @@ def test_segmentation_file_keeps_names_terminology_and_voxels(sample_loaded, tmp
     from CardiacEnsembleLib.core.terminology import SEGMENTS
     from CardiacEnsembleLib.slicer.files import save_segmentation
     from CardiacEnsembleLib.slicer.scene import create_scene
-    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation
+    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation, \
+        segment_terminology
     from CardiacEnsembleLib.slicer.volumes import add_volume
 
     scene, loaded = sample_loaded
@@ -83,7 +85,7 @@ def test_segmentation_file_keeps_names_terminology_and_voxels(sample_loaded, tmp
     storage.SetFileName(str(path))
     assert storage.ReadData(node)
     segmentation = node.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetTerminology() for i in range(3)] == \
+    assert [segment_terminology(segmentation.GetNthSegment(i)) for i in range(3)] == \
         [spec.terminology for spec in SEGMENTS]
     volume = add_volume(fresh, loaded["ES"].case)
     np.testing.assert_array_equal(labels_from_segmentation(node, volume),

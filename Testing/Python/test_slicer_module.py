@@ -139,3 +139,77 @@ def test_module_logic_scores_both_phases_with_volumes_and_ejection_fraction(modu
     ef = {r.method: r.value for r in rows if r.measure == "EF" and r.structure == "LV"}
     assert set(ef) == {"copy", "ground truth"} and ef["copy"] == ef["ground truth"]
     assert 0.0 < ef["copy"] < 100.0
+
+
+def test_member_choices_subset_the_loaded_ensemble(module, untrained_models):
+    """The whole ensemble is loaded once; checked members are a subset of it, so their fusion
+    weights follow them (one member alone: its own labels, whatever the rule)."""
+    logic = module.CardiacEnsembleLogic()
+    full = logic.ensemble(device="cpu", modelsDir=str(untrained_models))
+    one = logic.ensemble(members=["fpn-mnv2"], device="cpu", modelsDir=str(untrained_models))
+    assert one.names == ["fpn-mnv2"] and one.members[0] is full.members[full.names.index(
+        "fpn-mnv2")]
+    assert logic.ensemble(members=full.names, device="cpu",
+                          modelsDir=str(untrained_models)) is full
+    assert len(logic._ensembles) == 1  # loaded (and verified) once
+    with pytest.raises(ValueError, match="no member"):
+        logic.ensemble(members=["nope"], device="cpu", modelsDir=str(untrained_models))
+
+
+def test_the_sample_data_source_is_the_shipped_patient_with_its_checksums(module):
+    import hashlib
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    uris, names, nodes, checksums = module.sampleDataSource()
+    assert names == ["patient090_frame04.nii.gz", "patient090_frame11.nii.gz"]
+    assert nodes == ["patient090 ED", "patient090 ES"]
+    for uri, name, checksum in zip(uris, names, checksums):
+        path = url2pathname(urlparse(uri).path)
+        assert uri.startswith("file://") and path == str(SAMPLE / name)
+        algorithm, digest = checksum.split(":")
+        assert algorithm == "SHA256"
+        with open(path, "rb") as handle:
+            assert hashlib.sha256(handle.read()).hexdigest() == digest
+
+
+def test_the_terminology_the_module_loads_at_startup_is_in_its_resources(module):
+    from pathlib import Path
+
+    from CardiacEnsembleLib.core.terminology import TERMINOLOGY_FILE
+
+    assert Path(module.terminologyPath()) == ROOT / "CardiacEnsemble" / "Resources" / \
+        TERMINOLOGY_FILE
+    assert Path(module.CardiacEnsembleLogic.headlessScriptPath()).is_file()
+
+
+def test_pip_gets_the_missing_packages_constrained_to_the_installed_torch(module, monkeypatch):
+    from CardiacEnsembleLib.core import requirements
+
+    calls = []
+
+    def pip_install(arguments):
+        constraints = arguments[arguments.index("-c") + 1]
+        with open(constraints) as handle:
+            calls.append((arguments, handle.read().split()))
+
+    monkeypatch.setattr(module.slicer.util, "pip_install", pip_install, raising=False)
+    monkeypatch.setattr(requirements, "pip_requirements", lambda: ["nibabel>=5.2"])
+    module.CardiacEnsembleLogic().installDependencies()
+    ((arguments, pins),) = calls
+    assert arguments[-1] == "nibabel>=5.2"
+    assert f"torch=={requirements.installed_version('torch')}" in pins
+
+
+def test_without_the_pytorch_extension_torch_is_not_pip_installed(module, monkeypatch):
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import fails
+    with pytest.raises(RuntimeError, match="install 'PyTorch' from the Extensions Manager"):
+        module.CardiacEnsembleLogic._installTorch()
+
+
+def test_a_loaded_ground_truth_is_recognised_so_it_is_never_offered_as_the_output(module):
+    logic = module.CardiacEnsembleLogic()
+    loaded = logic.loadACDCCase(SAMPLE, phases=("ED",))
+    assert logic.isGroundTruth(loaded["ED"].ground_truth)
+    other = module.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "output")
+    assert not logic.isGroundTruth(other)

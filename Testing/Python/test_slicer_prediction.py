@@ -1,12 +1,16 @@
-"""The ensemble's answer in the scene (`CardiacEnsembleLib.slicer.prediction`): the background
-job gives what `Ensemble.predict` gives, voxel for voxel, members hidden beside it, uncertainty
-as a volume; a cancel adds nothing; segmenting into the same output replaces, never piles up."""
+"""The ensemble's answer in the scene (`CardiacEnsembleLib.slicer.prediction`): the worker
+process gives what `Ensemble.predict` gives, voxel for voxel, members hidden beside it,
+uncertainty as a volume; a cancel or a crashed worker adds nothing; segmenting into the same
+output replaces, never piles up."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 from mrml_fixtures import UNTRAINED_MEMBERS, SAMPLE, bridged_prediction, fake_prediction, \
-    requires_mrml, sample_loaded, untrained_ensemble  # noqa: F401  (fixtures)
+    requires_mrml, sample_loaded, untrained_ensemble, untrained_request, \
+    worker  # noqa: F401  (fixtures)
 
 pytestmark = requires_mrml
 
@@ -32,18 +36,18 @@ def test_bridge_segmentation_equals_ensemble_predict(sample_loaded, untrained_en
     np.testing.assert_allclose(arrayFromVolume(nodes.uncertainty), direct.uncertainty,
                                atol=1e-6)
     assert get_attribute(nodes.segmentation, "method") == "ensemble-mean"
-    assert job.status().done and job.status().fraction == 1.0
+    assert job.poll().state == "done" and job.poll().fraction == 1.0
     linked = prediction_nodes(nodes.segmentation)
     assert linked.uncertainty is nodes.uncertainty and set(linked.members) == set(nodes.members)
 
 
-def test_cancelled_segmentation_adds_nothing(sample_loaded, untrained_ensemble):
+def test_cancelled_segmentation_adds_nothing(sample_loaded, worker, untrained_request):
     from CardiacEnsembleLib.core.progress import Cancelled
     from CardiacEnsembleLib.slicer.prediction import SegmentationJob
 
     scene, loaded = sample_loaded
     before = scene.GetNumberOfNodes()
-    job = SegmentationJob(loaded["ES"].volume, untrained_ensemble)
+    job = SegmentationJob(loaded["ES"].volume, worker, untrained_request)
     job.cancel()
     assert job.wait(timeout=600)  # a hang guard, not a speed check
     with pytest.raises(Cancelled):
@@ -51,12 +55,33 @@ def test_cancelled_segmentation_adds_nothing(sample_loaded, untrained_ensemble):
     assert scene.GetNumberOfNodes() == before
 
 
-def test_a_job_without_a_volume_is_refused_before_it_starts(untrained_ensemble):
+@pytest.mark.skipif(os.name == "nt", reason="kills the worker with a POSIX signal")
+def test_a_crashed_worker_adds_nothing_and_says_so(sample_loaded, worker, untrained_request):
+    import signal
+
+    from CardiacEnsembleLib.slicer.prediction import SegmentationJob
+    from CardiacEnsembleLib.slicer.worker import WorkerError
+
+    scene, loaded = sample_loaded
+    before = scene.GetNumberOfNodes()
+    job = SegmentationJob(loaded["ES"].volume, worker, untrained_request)
+    os.kill(worker.pid, signal.SIGKILL)
+    assert job.wait(timeout=600)  # a hang guard, not a speed check
+    with pytest.raises(WorkerError, match="stopped unexpectedly"):
+        job.finish()
+    assert scene.GetNumberOfNodes() == before
+
+
+def test_a_job_without_a_volume_is_refused_before_the_worker_starts(untrained_request):
     from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
     from CardiacEnsembleLib.slicer.prediction import SegmentationJob
+    from CardiacEnsembleLib.slicer.worker import InferenceWorker
 
+    idle = InferenceWorker()
     with pytest.raises(SlicerBridgeError, match="no input volume selected"):
-        SegmentationJob(None, untrained_ensemble)
+        SegmentationJob(None, idle, untrained_request)
+    assert not idle.running
+    idle.close()
 
 
 @pytest.mark.parametrize("fusion, method", [("vote", "ensemble-vote"),
@@ -107,3 +132,30 @@ def test_a_prediction_made_on_another_grid_is_refused(sample_loaded):
     with pytest.raises(SlicerBridgeError, match="not made on the grid of 'patient090 ED'"):
         add_prediction(scene, fake_prediction(cropped), loaded["ED"].volume)
     assert scene.GetNumberOfNodes() == before
+
+
+def test_the_panel_path_puts_results_under_the_study_with_details_in_a_folder(
+        sample_loaded, bridged_prediction):
+    from CardiacEnsembleLib.slicer.hierarchy import DETAILS_SUFFIX, hierarchy_of
+
+    scene, loaded = sample_loaded
+    _, nodes = bridged_prediction
+    hierarchy = hierarchy_of(scene)
+    item = hierarchy.GetItemByDataNode
+    study = hierarchy.GetItemParent(item(loaded["ED"].volume))
+    assert hierarchy.GetItemParent(item(nodes.segmentation)) == study
+    folders = {hierarchy.GetItemParent(item(node))
+               for node in [*nodes.members.values(), nodes.uncertainty]}
+    assert len(folders) == 1 and folders != {study}
+    folder = folders.pop()
+    assert hierarchy.GetItemParent(folder) == study
+    assert hierarchy.GetItemName(folder).endswith(DETAILS_SUFFIX)
+
+
+def test_a_ground_truth_output_is_refused_before_any_work(sample_loaded):
+    from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
+    from CardiacEnsembleLib.slicer.segmentations import check_output_segmentation
+
+    _, loaded = sample_loaded
+    with pytest.raises(SlicerBridgeError, match="is a ground truth; it cannot be the output"):
+        check_output_segmentation(loaded["ED"].ground_truth)

@@ -156,6 +156,7 @@ def test_choice_parameters_offer_the_library_options():
 
 @pytest.mark.parametrize("module", ["CardiacEnsembleLib.core.manifest",
                                     "CardiacEnsembleLib.core.options",
+                                    "CardiacEnsembleLib.core.requirements",
                                     "CardiacEnsembleLib.core.terminology"])
 def test_what_the_module_reads_before_installing_needs_no_torch(module):
     """The panel reads the manifest, the options and the segment terminology before torch and
@@ -271,8 +272,13 @@ def _files(folder: Path, base: Path, pattern: str = "*") -> set[str]:
 
 
 def test_module_cmake_installs_the_module_script_and_every_resource(cmake_install):
-    assert set(cmake_install["module-script"]) == _files(MODULE_DIR, MODULE_DIR, "*.py")
+    """The module file is the one script (Slicer loads every .py beside it as a module); the
+    terminology and the batch script travel as resources."""
+    assert set(cmake_install["module-script"]) == {p.name for p in MODULE_DIR.glob("*.py")}
     assert set(cmake_install["module-resource"]) == _files(MODULE_DIR / "Resources", MODULE_DIR)
+    assert {"Resources/Scripts/headless_segment.py",
+            "Resources/SegmentationCategoryTypeModifier-CardiacEnsemble.term.json"} <= \
+        set(cmake_install["module-resource"])
     assert cmake_install["module-generic-tests"] == ["CardiacEnsemble"]
     assert cmake_install["unittest"] == ["CardiacEnsemble.py"]  # the module's self-test
 
@@ -298,9 +304,15 @@ def test_extension_cmake_describes_the_extension():
     text = (ROOT / "CMakeLists.txt").read_text()
     values = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+                "EXTENSION_ICONURL"):
         assert values.get(key), f"{key} is empty"
+    # the catalog takes one category; the module itself is listed under both (its categories)
     assert values["EXTENSION_CATEGORY"] == "Segmentation"
+    assert 'self.parent.categories = ["Segmentation", "Cardiac"]' in module_source()
+    assert "Slicer 5.10 and later" in values["EXTENSION_DESCRIPTION"]
+    # no screenshot URL until real screenshots exist (the catalog would show broken images)
+    assert values.get("EXTENSION_SCREENSHOTURLS", "") == ""
+    assert (ROOT / "LICENSE.txt").is_file()
     # the module installs torch through the PyTorch extension (CardiacEnsembleLogic)
     assert values["EXTENSION_DEPENDS"] == "PyTorch" and "PyTorchUtils" in module_source()
     icon = re.search(r"/main/(.+)$", values["EXTENSION_ICONURL"]).group(1)

@@ -1,7 +1,14 @@
 """Segment one ACDC patient folder in an MRML scene, headless, and write what a reader needs.
 
-    python Testing/Python/headless_segment.py CASE_FOLDER OUT_DIR [--models DIR] [--device cpu]
-    Slicer --no-main-window --python-script Testing/Python/headless_segment.py CASE_FOLDER OUT_DIR
+    Slicer --no-main-window --python-script SCRIPT CASE_FOLDER OUT_DIR [--models DIR] [--device cpu]
+    python SCRIPT CASE_FOLDER OUT_DIR ...     (a Python with the package and slicer-core)
+
+SCRIPT is installed with the extension, under the module's folder:
+`<extension>/lib/Slicer-X.Y/qt-scripted-modules/Resources/Scripts/headless_segment.py`;
+Slicer's Python console prints it:
+`slicer.util.getModuleLogic("CardiacEnsemble").headlessScriptPath()`. In a checkout it is
+`CardiacEnsemble/Resources/Scripts/headless_segment.py`. Install the Python packages first
+(the module panel offers it); without them the script exits saying which are missing.
 
 The same code path as the module's panel (the MRML bridge and the library), without Qt: load
 the folder's ED and ES frames (and ground truth) into a scene, segment both with the ensemble
@@ -14,7 +21,8 @@ the folder's ED and ES frames (and ground truth) into a scene, segment both with
                                                                    phase; volumes, EF, mass
 
 Existing outputs are never overwritten (exit status 2, nothing written), nor are any written
-when an input is unusable (status 2, one line saying which file and why).
+when an input is unusable (status 2, one line saying which file and why). Any other error also
+ends the run with status 2 and one line; inside Slicer the application always exits.
 """
 from __future__ import annotations
 
@@ -23,9 +31,13 @@ import sys
 from pathlib import Path
 
 # Slicer's --python-script may run this without __file__; its argv[0] is then the script.
-REPOSITORY = Path(globals().get("__file__") or sys.argv[0]).resolve().parents[2]
-if str(REPOSITORY) not in sys.path:  # run from a checkout, inside Slicer or plain Python
-    sys.path.insert(0, str(REPOSITORY))
+SCRIPT = Path(globals().get("__file__") or sys.argv[0]).resolve()
+# The folder holding CardiacEnsembleLib: the module's folder when installed, the repository in
+# a checkout.
+LIBRARY_ROOT = next((folder for folder in SCRIPT.parents
+                     if (folder / "CardiacEnsembleLib").is_dir()), None)
+if LIBRARY_ROOT is not None and str(LIBRARY_ROOT) not in sys.path:
+    sys.path.insert(0, str(LIBRARY_ROOT))
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -53,7 +65,22 @@ def output_paths(patient_id: str, out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+class MissingDependencies(RuntimeError):
+    """Python packages the library needs are not installed."""
+
+
+def check_dependencies() -> None:
+    from CardiacEnsembleLib.core.requirements import missing_packages
+
+    missing = missing_packages()
+    if missing:
+        raise MissingDependencies(
+            f"missing Python packages: {', '.join(missing)}; install them from the Cardiac "
+            f"Ensemble module panel (or with slicer.util.pip_install in Slicer)")
+
+
 def run(args) -> int:
+    check_dependencies()
     from CardiacEnsembleLib.core.errors import refuse_existing
     from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR
     from CardiacEnsembleLib.inference.ensemble import load_ensemble
@@ -109,21 +136,31 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
     try:
-        return run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+        return run(parse_arguments(sys.argv[1:] if argv is None else argv))
+    except SystemExit as stop:  # --help, or a usage error argparse has already printed
+        return EXIT_OK if stop.code in (0, None) else EXIT_ERROR
+    except (ValueError, OSError, MissingDependencies) as error:
         # CaseError, MemberError and SlicerBridgeError are ValueErrors, OutputExistsError a
         # FileExistsError, each with an actionable message
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+    except Exception as error:  # a fault of ours: still one line and an exit, never a hang
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def in_slicer_application() -> bool:
+    slicer = sys.modules.get("slicer")
+    return slicer is not None and hasattr(slicer, "app")
 
 
 if __name__ == "__main__":
-    status = main()
-    import slicer
-
-    if hasattr(slicer, "app"):  # inside the Slicer application: leave it with our status
-        slicer.util.exit(status)
-    else:
+    status = EXIT_ERROR
+    try:
+        status = main()
+    finally:
+        # Slicer --python-script returns only when the script exits the application
+        if in_slicer_application():
+            sys.modules["slicer"].util.exit(status)
+    if not in_slicer_application():
         sys.exit(status)

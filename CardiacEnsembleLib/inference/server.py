@@ -1,0 +1,222 @@
+"""The inference worker process, and the file protocol it speaks with its client.
+
+Run as `python -m CardiacEnsembleLib.inference.server` (in Slicer: `PythonSlicer -m ...`) by
+`CardiacEnsembleLib.slicer.worker`. Why a process: inside Slicer, PythonQt keeps the GIL on
+the main thread, so a Python thread there is starved; a process runs at full speed, can be
+killed (Cancel), can crash without the user's scene, and frees GPU memory when it ends.
+
+The protocol, all of it here (no Qt, no MRML; torch only inside the worker):
+- a request is a folder: `image.npy` (float32 (Z, Y, X)) and `request.json` (the affine, the
+  case's name, and which ensemble: models folder, members, fusion, tta, device); the client
+  names the folder on one stdin line `{"request": folder}`;
+- the worker answers with JSON lines on its stdout: `ready`, `loading`, `progress` (done,
+  total, message), then `done` (the result folder) or `error` (kind, message);
+- a result is `result.npz` (labels, uncertainty, disagreement, probabilities, member labels)
+  beside `result.json` (fusion, device, timings, members' names and seconds, and what the
+  worker reused). Only these lines go to stdout; everything else the process prints goes to
+  stderr (the client's log file), so a library's print cannot break the protocol.
+The worker keeps the last loaded ensemble, so a second request does not pay the load.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Optional
+
+import numpy as np
+
+from CardiacEnsembleLib.core.case import Case, Geometry, MemberOutput, Prediction
+
+MODULE = "CardiacEnsembleLib.inference.server"
+IMAGE_FILE, REQUEST_FILE = "image.npy", "request.json"
+RESULT_ARRAYS, RESULT_FILE = "result.npz", "result.json"
+#: Error kinds: "input" is the user's to fix (a ValueError or OSError: unknown member,
+#: missing models folder, bad device); "internal" is a failure of the worker.
+INPUT, INTERNAL = "input", "internal"
+
+
+@dataclass(frozen=True)
+class EnsembleRequest:
+    """Which ensemble runs: what a client asks for, and the key of the worker's loaded one
+    (models folder, tta and device; members and fusion are chosen from it without a load)."""
+
+    models_dir: str
+    members: Optional[tuple[str, ...]] = None  # None: all of the manifest's members
+    fusion: Optional[str] = None  # None: the manifest's rule
+    tta: bool = False
+    device: str = "auto"
+
+    @property
+    def load_key(self) -> tuple:
+        return (str(Path(self.models_dir).resolve()), bool(self.tta), self.device)
+
+    def to_json(self) -> dict:
+        return {"models_dir": self.models_dir, "tta": self.tta, "device": self.device,
+                "members": None if self.members is None else list(self.members),
+                "fusion": self.fusion}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "EnsembleRequest":
+        members = data.get("members")
+        return cls(str(data["models_dir"]), None if members is None else tuple(members),
+                   data.get("fusion"), bool(data.get("tta", False)), str(data["device"]))
+
+
+# --- the files: written and read by both sides --------------------------------------------
+
+def write_request(folder: Path, case: Case, ensemble: EnsembleRequest) -> Path:
+    """A request folder for `case` (the client's side)."""
+    folder.mkdir(parents=True, exist_ok=False)
+    np.save(folder / IMAGE_FILE, case.image)
+    meta = {"case": {"patient_id": str(case.patient_id), "phase": str(case.phase),
+                     "frame": None if case.frame is None else int(case.frame),
+                     "source": str(case.source), "affine": case.geometry.affine.tolist()},
+            "ensemble": ensemble.to_json()}
+    (folder / REQUEST_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def read_request(folder: Path) -> tuple[Case, EnsembleRequest]:
+    meta = json.loads((folder / REQUEST_FILE).read_text())
+    info = meta["case"]
+    case = Case(np.load(folder / IMAGE_FILE), Geometry(np.asarray(info["affine"])),
+                patient_id=info["patient_id"], phase=info["phase"], frame=info["frame"],
+                source=info["source"])
+    return case, EnsembleRequest.from_json(meta["ensemble"])
+
+
+def write_result(folder: Path, prediction: Prediction, worker: dict) -> Path:
+    """The prediction beside its request (the worker's side); `worker` says what it reused."""
+    arrays = {"labels": prediction.labels, "uncertainty": prediction.uncertainty,
+              "disagreement": prediction.disagreement,
+              "member_labels": np.stack([m.labels for m in prediction.members])}
+    if prediction.probabilities is not None:
+        arrays["probabilities"] = prediction.probabilities
+    np.savez(folder / RESULT_ARRAYS, **arrays)
+    meta = {"fusion": prediction.fusion, "device": prediction.device,
+            "timings": prediction.timings, "case_name": prediction.case_name,
+            "members": [{"name": m.name, "seconds": m.seconds} for m in prediction.members],
+            "worker": worker}
+    (folder / RESULT_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def read_result(folder: Path, geometry: Geometry) -> tuple[Prediction, dict]:
+    """The `Prediction` a worker wrote (on `geometry`, the request's), and its `worker` info."""
+    meta = json.loads((folder / RESULT_FILE).read_text())
+    with np.load(folder / RESULT_ARRAYS) as arrays:
+        data = {key: arrays[key] for key in arrays.files}
+    members = [MemberOutput(m["name"], data["member_labels"][i], float(m["seconds"]))
+               for i, m in enumerate(meta["members"])]
+    prediction = Prediction(labels=data["labels"], probabilities=data.get("probabilities"),
+                            members=members, uncertainty=data["uncertainty"],
+                            disagreement=data["disagreement"], geometry=geometry,
+                            fusion=meta["fusion"], device=meta["device"],
+                            timings={k: float(v) for k, v in meta["timings"].items()},
+                            case_name=meta["case_name"])
+    return prediction, meta["worker"]
+
+
+# --- the worker process -------------------------------------------------------------------
+
+class Server:
+    """Answers requests one at a time, keeping the last loaded ensemble."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+        self._key: Optional[tuple] = None
+        self._ensemble = None
+        self.loads = 0
+        self.load_seconds = 0.0
+        self.requests = 0
+
+    def emit(self, event: str, **fields) -> None:
+        self._out.write(json.dumps({"event": event, **fields}) + "\n")
+        self._out.flush()
+
+    def _ensemble_for(self, request: EnsembleRequest):
+        """The requested members and rule, from the loaded ensemble (loaded when its key
+        changed). Members go through `Ensemble.subset`, so a lone member is its own argmax."""
+        from dataclasses import replace
+
+        from CardiacEnsembleLib.inference.ensemble import load_ensemble
+
+        reused = self._key == request.load_key
+        if not reused:
+            self._ensemble = self._key = None  # free the old one before loading the next
+            self.emit("loading", message="loading the ensemble")
+            started = time.perf_counter()
+            self._ensemble = load_ensemble(request.models_dir, device=request.device,
+                                           tta=request.tta)
+            self.load_seconds = time.perf_counter() - started
+            self._key = request.load_key
+            self.loads += 1
+        ensemble = self._ensemble
+        if request.fusion is not None:
+            ensemble = replace(ensemble, fusion=request.fusion)
+        if request.members is not None:
+            ensemble = ensemble.subset(list(request.members))
+        return ensemble, reused
+
+    def handle(self, folder: Path) -> None:
+        case, request = read_request(folder)
+        ensemble, reused = self._ensemble_for(request)
+        prediction = ensemble.predict(case, progress=lambda done, total, message: self.emit(
+            "progress", done=int(done), total=int(total), message=str(message)))
+        self.requests += 1
+        write_result(folder, prediction, {
+            "ensemble_reused": reused, "loads": self.loads, "requests": self.requests,
+            "load_seconds": self.load_seconds, "pid": os.getpid()})
+        self.emit("done", result=str(folder))
+
+    def serve(self, requests: IO[str]) -> None:
+        """One request folder per line until stdin closes (the client stopped or died)."""
+        for line in requests:
+            if not line.strip():
+                continue
+            try:
+                self.handle(Path(json.loads(line)["request"]))
+            except (ValueError, OSError) as error:  # the request's to fix: said as is
+                traceback.print_exc()
+                self.emit("error", kind=INPUT, message=str(error), type=type(error).__name__)
+            except Exception as error:  # handed to the client with its type; logged in full
+                traceback.print_exc()
+                self.emit("error", kind=INTERNAL, message=f"{type(error).__name__}: {error}",
+                          type=type(error).__name__)
+
+
+def _protocol_stream() -> IO[str]:
+    """The process's stdout for protocol lines only; fd 1 (print, C libraries) goes to stderr."""
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}",
+                                     description="CardiacEnsemble's inference worker process "
+                                                 "(started by the Slicer module; not for use "
+                                                 "by hand)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's "
+                                                               "default)")
+    args = parser.parse_args(argv)
+    server = Server(_protocol_stream())
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    server.emit("ready", pid=os.getpid())
+    server.serve(sys.stdin)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
