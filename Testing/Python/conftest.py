@@ -4,12 +4,67 @@ The release check (`Testing/Release`) and the research tests (`research/tests`) 
 fixtures from here rather than keeping copies."""
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# Set by Testing/run_tests.sh for its second run (the MRML tests on the stable slicer-core, put
+# first on PYTHONPATH): the slicer-core version that run must import.
+EXPECTED_SLICER_CORE = "CARDIAC_ENSEMBLE_EXPECT_SLICER_CORE"
+
+
+def _where(distribution: str, module: str) -> str:
+    """'slicer-core 5.13.31053.0 (/its/folder)', found without importing the module (the main
+    run must not load slicer for tests that never use it)."""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    spec = importlib.util.find_spec(module)
+    origin = Path(spec.origin).parent if spec and spec.origin else "not importable"
+    return f"{distribution} {version} ({origin})"
+
+
+def pytest_report_header(config):
+    """Which slicer-core and vtk this run tests, so a log says which of the two runs it is."""
+    return f"MRML: {_where('slicer-core', 'slicer')}, {_where('vtk', 'vtk')}"
+
+
+def pytest_configure(config):
+    """In the stable-slicer-core run, refuse to start unless that version is what `import slicer`
+    loads, with the vtk it was built against and its MRML classes. Why: a PYTHONPATH overlay
+    that did not take effect would test the venv's slicer-core twice, and a missing one would
+    skip every MRML test, and either run would still pass."""
+    expected = os.environ.get(EXPECTED_SLICER_CORE)
+    if not expected:
+        return
+    try:
+        import slicer
+        import vtk
+    except ImportError as error:
+        raise pytest.UsageError(f"{EXPECTED_SLICER_CORE}={expected}, but slicer or vtk does not "
+                                f"import: {error}") from error
+    problems = []
+    core = importlib.metadata.distribution("slicer-core")
+    if core.version != expected:
+        problems.append(f"slicer-core is {core.version}, not {expected}")
+    for distribution, module in ((core, slicer), (importlib.metadata.distribution("vtk"), vtk)):
+        home = Path(os.path.abspath(distribution.locate_file("")))
+        if home not in Path(os.path.abspath(module.__file__)).parents:
+            problems.append(f"{module.__name__} imports from {module.__file__}, not from the "
+                            f"{distribution.name} {distribution.version} in {home}")
+    pins = [r.split("==")[1].strip() for r in core.requires or [] if r.startswith("vtk==")]
+    if pins and vtk.VTK_VERSION != pins[0]:
+        problems.append(f"vtk is {vtk.VTK_VERSION}, slicer-core {core.version} needs {pins[0]}")
+    if not (hasattr(slicer, "vtkMRMLScene") and hasattr(slicer, "vtkMRMLSegmentationNode")):
+        problems.append("slicer has no MRML classes (every MRML test would skip)")
+    if problems:
+        raise pytest.UsageError(f"{EXPECTED_SLICER_CORE}={expected}: " + "; ".join(problems))
 
 
 def acdc_root() -> Path | None:
