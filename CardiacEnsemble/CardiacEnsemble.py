@@ -13,6 +13,8 @@ Console use, no panel needed:
     loaded = logic.loadACDCCase("/data/acdc/training/patient001")
     nodes = logic.segment(loaded["ED"].volume, wait=True)          # PredictionNodes
     table = logic.evaluate(nodes.segmentation, loaded["ED"].ground_truth)
+    cine = logic.segmentCine(loaded.cine.proxy, wait=True)        # CineNodes: every frame
+    print(cine.summary["ed_frame"], cine.summary["es_frame"], cine.summary["lv_ef_pct"])
 """
 import importlib.util
 import logging
@@ -322,7 +324,9 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.outputSegmentation = None
             slicer.util.setSliceViewerLayers(background=first.volume, fit=True)
             self.ui.statusLabel.text = (f"Loaded {', '.join(v.volume.GetName() for v in loaded.values())}"
-                                        + ("" if first.ground_truth else " (no ground truth)"))
+                                        + ("" if first.ground_truth else " (no ground truth)")
+                                        + (f" and the cine '{loaded.cine.name}' (pick its volume "
+                                           f"to segment every frame)" if loaded.cine else ""))
 
     def _ensureDependencies(self) -> bool:
         """Before any button that needs the library: the data terms acknowledged once, then
@@ -364,11 +368,16 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies():
             return
         node = self._parameterNode
+        options = dict(members=self._selectedMembers(), fusion=node.fusion, tta=node.tta,
+                       device=node.device)
         try:
             with slicer.util.WaitCursor():
-                self._job = self.logic.segment(
-                    node.inputVolume, members=self._selectedMembers(), fusion=node.fusion,
-                    tta=node.tta, device=node.device, outputSegmentation=node.outputSegmentation)
+                if self.logic.isSequenceFrame(node.inputVolume):  # a cine: every frame
+                    self._job = self.logic.segmentCine(node.inputVolume, **options)
+                else:
+                    self._job = self.logic.segment(
+                        node.inputVolume, outputSegmentation=node.outputSegmentation,
+                        **options)
         except ValueError as error:  # unusable input or members: the message says what to do
             slicer.util.errorDisplay(str(error), windowTitle="Cardiac Ensemble")
             return
@@ -410,11 +419,22 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(f"Segmentation failed: {error}",
                                      detailedText=traceback.format_exc())
         else:
+            self._showResult(nodes, status)
+        self._updateButtons()
+
+    def _showResult(self, nodes, status) -> None:
+        if hasattr(nodes, "summary"):  # a cine: the curve's ED/ES, EF, stroke volume, mass
+            from CardiacEnsembleLib.slicer.cine import summary_text
+
+            slicer.modules.plots.logic().ShowChartInLayout(nodes.chart)
+            self.ui.statusLabel.text = (f"Segmented {nodes.sequence.GetNumberOfDataNodes()} "
+                                        f"frames in {status.seconds:.1f} s: "
+                                        + summary_text(nodes.summary))
+        else:
             self._parameterNode.outputSegmentation = nodes.segmentation
             self.ui.statusLabel.text = (
                 f"Segmented in {status.seconds:.1f} s with {len(nodes.members)} member(s); "
                 f"member results are hidden segmentations beside '{nodes.segmentation.GetName()}'.")
-        self._updateButtons()
 
     @staticmethod
     def _progressText(status) -> str:
@@ -554,40 +574,70 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     # --- the three jobs of the panel ----------------------------------------------------
 
-    def loadACDCCase(self, folder, phases=("ED", "ES")) -> dict:
-        """ED and ES volumes (and ground-truth segmentations) of an ACDC patient folder."""
+    def loadACDCCase(self, folder, phases=("ED", "ES"), cine: bool = True) -> dict:
+        """ED and ES volumes (and ground-truth segmentations) of an ACDC patient folder, and
+        its 4D cine as a volume sequence when it has one (`loaded.cine`)."""
         from CardiacEnsembleLib.slicer.acdc import load_acdc_case
 
-        return load_acdc_case(slicer.mrmlScene, folder, phases)
+        return load_acdc_case(slicer.mrmlScene, folder, phases, cine=cine)
 
     def segment(self, volumeNode, members=None, fusion: Optional[str] = None, tta: bool = False,
                 device: str = "auto", outputSegmentation=None, modelsDir: Optional[str] = None,
-                wait: bool = False):
+                wait: bool = False, sequenceFrame: bool = False):
         """Start segmenting `volumeNode` in the worker process; returns the job to poll
         (`job.poll()`, `job.cancel()`), the scene untouched until `finishSegmentation`.
 
         `wait=True` (console, tests, batch) blocks and returns the `PredictionNodes` instead.
         Bad input raises `SlicerBridgeError` (a ValueError) before any work starts. The worker
         keeps the ensemble loaded, so the next segmentation skips the load; `members` (None:
-        all), `fusion`, `tta` and `device` are sent with each request.
+        all), `fusion`, `tta` and `device` are sent with each request. The volume showing a
+        frame of a sequence is segmented alone only with `sequenceFrame=True` (the frame
+        shown now); `segmentCine` segments every frame.
         """
         from CardiacEnsembleLib.slicer.prediction import SegmentationJob
         from CardiacEnsembleLib.slicer.segmentations import check_output_segmentation
         from CardiacEnsembleLib.slicer.volumes import check_volume
-        from CardiacEnsembleLib.slicer.worker import EnsembleRequest
 
-        check_volume(volumeNode)
+        check_volume(volumeNode, allow_sequence_frame=sequenceFrame)
         if outputSegmentation is not None:  # before any work: never a ground truth
             check_output_segmentation(outputSegmentation)
-        if self.job is not None and not self.job.done:
-            raise RuntimeError("a segmentation is already running; wait for it or cancel it")
-        request = EnsembleRequest(str(modelsDir or DEFAULT_MODELS_DIR),
-                                  tuple(members) if members else None, fusion or None,
-                                  bool(tta), device)
+        request = self._request(members, fusion, tta, device, modelsDir)
         job = SegmentationJob(volumeNode, self.inferenceWorker(), request,
-                              output=outputSegmentation)
+                              output=outputSegmentation, allow_sequence_frame=sequenceFrame)
         self.job = job
         return self.waitForCompletion(job) if wait else job
+
+    def segmentCine(self, sequenceNode, members=None, fusion: Optional[str] = None,
+                    tta: bool = False, device: str = "auto", modelsDir: Optional[str] = None,
+                    wait: bool = False, name: Optional[str] = None):
+        """Start segmenting every frame of a volume sequence (its node, its browser, or the
+        volume showing its frames) in the worker process, in one request; the same kind of
+        job as `segment`. Finished, it gives `CineNodes`: a segmentation sequence in the
+        cine's browser (in sync when scrubbing), the volume-time table and chart, and the
+        summary (ED/ES frames found on the curve, EF, stroke volume, ED myocardial mass)."""
+        from CardiacEnsembleLib.slicer.cine import CineJob
+
+        request = self._request(members, fusion, tta, device, modelsDir)
+        job = CineJob(sequenceNode, self.inferenceWorker(), request, name=name)
+        self.job = job
+        return self.waitForCompletion(job) if wait else job
+
+    def _request(self, members, fusion, tta, device, modelsDir):
+        """What the worker is asked for; refused while another segmentation runs."""
+        from CardiacEnsembleLib.slicer.worker import EnsembleRequest
+
+        if self.job is not None and not self.job.done:
+            raise RuntimeError("a segmentation is already running; wait for it or cancel it")
+        return EnsembleRequest(str(modelsDir or DEFAULT_MODELS_DIR),
+                               tuple(members) if members else None, fusion or None,
+                               bool(tta), device)
+
+    @staticmethod
+    def isSequenceFrame(volumeNode) -> bool:
+        """Whether a volume shows a frame of a multi-frame sequence (a cine to segment)."""
+        from CardiacEnsembleLib.slicer.volumes import sequence_frames
+
+        return volumeNode is not None and sequence_frames(volumeNode) > 1
 
     def inferenceWorker(self):
         """The worker process's client (the process itself starts with the first request),
@@ -606,8 +656,9 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         return self.finishSegmentation(job)
 
     def finishSegmentation(self, job):
-        """PredictionNodes of a finished job; raises `Cancelled`, `WorkerError` (the worker
-        crashed or was killed) or the worker's refusal (a ValueError), the scene unchanged."""
+        """PredictionNodes (CineNodes for a cine) of a finished job; raises `Cancelled`,
+        `WorkerError` (the worker crashed or was killed) or the worker's refusal (a
+        ValueError), the scene unchanged."""
         if job is self.job:
             self.job = None
         return job.finish()

@@ -11,16 +11,17 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import torch
 
 from CardiacEnsembleLib.core.case import Geometry
 from CardiacEnsembleLib.core.labels import STRUCTURES
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
 from CardiacEnsembleLib.evaluation.metrics import volume_ml
-from CardiacEnsembleLib.inference.ensemble import Ensemble, fuse_and_clean
+
+if TYPE_CHECKING:  # torch only where frames are segmented: the worker's client reads results
+    from CardiacEnsembleLib.inference.ensemble import Ensemble
 
 #: Upper bound for one chunk's member probabilities (M x C x slices x Y x X float32).
 CHUNK_BYTES = 512 * 2**20
@@ -60,6 +61,10 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
                  cancel: Optional[CancelToken] = None) -> CineSegmentation:
     """(T, Z, Y, X) cine -> labels per frame with the ensemble's fusion rule and
     post-processing."""
+    import torch
+
+    from CardiacEnsembleLib.inference.ensemble import fuse_and_clean
+
     if cine.ndim != 4:
         raise ValueError(f"expected a (T, Z, Y, X) cine, got shape {cine.shape}")
     started = time.perf_counter()
@@ -83,9 +88,14 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
         fused = fuse_and_clean(ensemble.fusion, member_probs, ensemble.weights,
                                ensemble.postprocess, volumes=stop - start, timings=timings)
         labels[start:stop] = fused.labels.reshape(stop - start, *cine.shape[1:])
-    volumes = {name: np.array([volume_ml(frame, value, spacing) for frame in labels])
-               for name, value in STRUCTURES.items()}
-    return CineSegmentation(labels, geometry, volumes, time.perf_counter() - started, timings)
+    return CineSegmentation(labels, geometry, cine_volumes(labels, spacing),
+                            time.perf_counter() - started, timings)
+
+
+def cine_volumes(labels: np.ndarray, spacing_zyx) -> dict[str, np.ndarray]:
+    """"LV", "RV", "Myo" -> (T,) volumes in ml of a (T, Z, Y, X) label cine."""
+    return {name: np.array([volume_ml(frame, value, spacing_zyx) for frame in labels])
+            for name, value in STRUCTURES.items()}
 
 
 def write_volume_curve(result: CineSegmentation, csv_path: Path,

@@ -8,12 +8,16 @@ killed (Cancel), can crash without the user's scene, and frees GPU memory when i
 The protocol, all of it here (no Qt, no MRML; torch only inside the worker):
 - a request is a folder: `image.npy` (float32 (Z, Y, X)) and `request.json` (the affine, the
   case's name, and which ensemble: models folder, members, fusion, tta, device); the client
-  names the folder on one stdin line `{"request": folder}`;
+  names the folder on one stdin line `{"request": folder}`. A *cine* request (`"kind":
+  "cine"` in `request.json`) holds `cine.npy` (float32 (T, Z, Y, X)) instead, and every frame
+  is segmented in one go (`inference.cine.segment_cine`);
 - the worker answers with JSON lines on its stdout: `ready`, `loading`, `progress` (done,
   total, message), then `done` (the result folder) or `error` (kind, message);
 - a result is `result.npz` (labels, uncertainty, disagreement, probabilities, member labels)
   beside `result.json` (fusion, device, timings, members' names and seconds, and what the
-  worker reused). Only these lines go to stdout; everything else the process prints goes to
+  worker reused); a cine's result is `cine_result.npz` (labels (T, Z, Y, X) and the LV, RV, Myo
+  volumes per frame) beside `result.json` (seconds, timings, what the worker reused). Only
+  these lines go to stdout; everything else the process prints goes to
   stderr (the client's log file), so a library's print cannot break the protocol.
 The worker keeps the last loaded ensemble, so a second request does not pay the load.
 """
@@ -36,6 +40,9 @@ from CardiacEnsembleLib.core.case import Case, Geometry, MemberOutput, Predictio
 MODULE = "CardiacEnsembleLib.inference.server"
 IMAGE_FILE, REQUEST_FILE = "image.npy", "request.json"
 RESULT_ARRAYS, RESULT_FILE = "result.npz", "result.json"
+CINE_FILE, CINE_RESULT_ARRAYS = "cine.npy", "cine_result.npz"
+#: Request kinds: one 3D frame (a `Case` -> a `Prediction`), or every frame of a cine.
+FRAME, CINE = "frame", "cine"
 #: Error kinds: "input" is the user's to fix (a ValueError or OSError: unknown member,
 #: missing models folder, bad device); "internal" is a failure of the worker.
 INPUT, INTERNAL = "input", "internal"
@@ -89,6 +96,54 @@ def read_request(folder: Path) -> tuple[Case, EnsembleRequest]:
                 patient_id=info["patient_id"], phase=info["phase"], frame=info["frame"],
                 source=info["source"])
     return case, EnsembleRequest.from_json(meta["ensemble"])
+
+
+def request_kind(folder: Path) -> str:
+    return json.loads((folder / REQUEST_FILE).read_text()).get("kind", FRAME)
+
+
+def write_cine_request(folder: Path, cine: np.ndarray, geometry: Geometry, name: str,
+                       ensemble: EnsembleRequest) -> Path:
+    """A request folder for every frame of a (T, Z, Y, X) cine on `geometry` (one frame's)."""
+    if cine.ndim != 4:
+        raise ValueError(f"{name}: expected a (T, Z, Y, X) cine, got shape {cine.shape}")
+    folder.mkdir(parents=True, exist_ok=False)
+    np.save(folder / CINE_FILE, np.ascontiguousarray(cine, dtype=np.float32))
+    meta = {"kind": CINE, "cine": {"name": str(name), "affine": geometry.affine.tolist()},
+            "ensemble": ensemble.to_json()}
+    (folder / REQUEST_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def read_cine_request(folder: Path) -> tuple[np.ndarray, Geometry, str, EnsembleRequest]:
+    meta = json.loads((folder / REQUEST_FILE).read_text())
+    info = meta["cine"]
+    return (np.load(folder / CINE_FILE), Geometry(np.asarray(info["affine"])), info["name"],
+            EnsembleRequest.from_json(meta["ensemble"]))
+
+
+def write_cine_result(folder: Path, result, worker: dict) -> Path:
+    """A `CineSegmentation` beside its request (the worker's side)."""
+    np.savez(folder / CINE_RESULT_ARRAYS, labels=result.labels,
+             **{f"volume_{name}": values for name, values in result.volumes_ml.items()})
+    meta = {"kind": CINE, "seconds": result.seconds, "timings": result.timings,
+            "worker": worker}
+    (folder / RESULT_FILE).write_text(json.dumps(meta))
+    return folder
+
+
+def read_cine_result(folder: Path, geometry: Geometry):
+    """The `CineSegmentation` a worker wrote (on `geometry`, the request's), and its info."""
+    from CardiacEnsembleLib.inference.cine import CineSegmentation  # no torch on this path
+
+    meta = json.loads((folder / RESULT_FILE).read_text())
+    with np.load(folder / CINE_RESULT_ARRAYS) as arrays:
+        labels = arrays["labels"]
+        volumes = {key[len("volume_"):]: arrays[key] for key in arrays.files
+                   if key.startswith("volume_")}
+    result = CineSegmentation(labels, geometry, volumes, float(meta["seconds"]),
+                              {k: float(v) for k, v in meta["timings"].items()})
+    return result, meta["worker"]
 
 
 def write_result(folder: Path, prediction: Prediction, worker: dict) -> Path:
@@ -164,15 +219,32 @@ class Server:
             ensemble = ensemble.subset(list(request.members))
         return ensemble, reused
 
+    def _progress(self, done, total, message) -> None:
+        self.emit("progress", done=int(done), total=int(total), message=str(message))
+
+    def _info(self, reused: bool) -> dict:
+        self.requests += 1
+        return {"ensemble_reused": reused, "loads": self.loads, "requests": self.requests,
+                "load_seconds": self.load_seconds, "pid": os.getpid()}
+
     def handle(self, folder: Path) -> None:
+        if request_kind(folder) == CINE:
+            self.handle_cine(folder)
+            return
         case, request = read_request(folder)
         ensemble, reused = self._ensemble_for(request)
-        prediction = ensemble.predict(case, progress=lambda done, total, message: self.emit(
-            "progress", done=int(done), total=int(total), message=str(message)))
-        self.requests += 1
-        write_result(folder, prediction, {
-            "ensemble_reused": reused, "loads": self.loads, "requests": self.requests,
-            "load_seconds": self.load_seconds, "pid": os.getpid()})
+        prediction = ensemble.predict(case, progress=self._progress)
+        write_result(folder, prediction, self._info(reused))
+        self.emit("done", result=str(folder))
+
+    def handle_cine(self, folder: Path) -> None:
+        """Every frame of a cine, in one call of `segment_cine` (chunks of frames at once)."""
+        from CardiacEnsembleLib.inference.cine import segment_cine
+
+        cine, geometry, _, request = read_cine_request(folder)
+        ensemble, reused = self._ensemble_for(request)
+        result = segment_cine(ensemble, cine, geometry, progress=self._progress)
+        write_cine_result(folder, result, self._info(reused))
         self.emit("done", result=str(folder))
 
     def serve(self, requests: IO[str]) -> None:

@@ -6,14 +6,13 @@ Nothing existing is overwritten unless asked (`core.errors.refuse_existing`).
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import slicer
 
 from CardiacEnsembleLib.core.errors import refuse_existing
 from CardiacEnsembleLib.slicer.nodes import OVERWRITE_HINT, SlicerBridgeError, describe
-from CardiacEnsembleLib.slicer.scene import SlicerScene, create_scene
+from CardiacEnsembleLib.slicer.scene import SlicerScene, add_file_cache, create_scene
 from CardiacEnsembleLib.slicer.segmentations import segment_ids_by_name
 
 
@@ -120,14 +119,7 @@ def load_scene(path: Path | str) -> SlicerScene:
     loaded = create_scene()
     scene = loaded.scene
     if path.suffix == ".mrb":
-        # Reading a bundle unpacks it into the data IO manager's cache directory.
-        loaded.temporary_directory = tempfile.TemporaryDirectory(prefix="cardiac-ensemble-mrb-")
-        cache = slicer.vtkCacheManager()
-        cache.SetRemoteCacheDirectory(loaded.temporary_directory.name)
-        io_manager = slicer.vtkDataIOManager()
-        io_manager.SetCacheManager(cache)
-        scene.SetCacheManager(cache)
-        scene.SetDataIOManager(io_manager)
+        add_file_cache(loaded)  # reading a bundle unpacks it into the cache directory
         ok = scene.ReadFromMRB(str(path))
     else:
         scene.SetURL(str(path))
@@ -135,3 +127,22 @@ def load_scene(path: Path | str) -> SlicerScene:
     if not ok:
         raise SlicerBridgeError(f"{path}: the scene could not be read")
     return loaded
+
+
+def read_sequence(loaded: SlicerScene, path: Path | str, name: str):
+    """A sequence file into a new sequence node of `loaded`: a `.seq.mrb` bundle (any nodes,
+    e.g. one segmentation per frame) or a `.seq.nrrd` (a 4D volume sequence)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlicerBridgeError(f"{path}: no such sequence file")
+    storage_class = ("vtkMRMLSequenceStorageNode" if path.name.endswith(".seq.mrb")
+                     else "vtkMRMLVolumeSequenceStorageNode")
+    add_file_cache(loaded)
+    sequence = loaded.scene.AddNewNodeByClass("vtkMRMLSequenceNode", name)
+    storage = loaded.scene.AddNewNodeByClass(storage_class)
+    storage.SetFileName(str(path))
+    if not storage.ReadData(sequence):
+        raise SlicerBridgeError(f"{path}: the sequence could not be read "
+                                f"({storage.GetUserMessages().GetAllMessagesAsString().strip()})")
+    sequence.SetAndObserveStorageNodeID(storage.GetID())
+    return sequence

@@ -141,9 +141,10 @@ class SegmentationJob:
     into the scene (main thread only)."""
 
     def __init__(self, volume_node, worker: InferenceWorker, request: EnsembleRequest, *,
-                 output=None) -> None:
-        # Read the volume here, before the worker is asked: unusable input raises first.
-        self.case = case_from_volume(volume_node)
+                 output=None, allow_sequence_frame: bool = False) -> None:
+        # Read the volume here, before the worker is asked: unusable input raises first (the
+        # frame a sequence shows now is copied, so scrubbing meanwhile changes nothing).
+        self.case = case_from_volume(volume_node, allow_sequence_frame=allow_sequence_frame)
         self.volume_id = volume_node.GetID()
         self.scene = volume_node.GetScene()
         self.output = output

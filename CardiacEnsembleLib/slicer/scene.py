@@ -62,6 +62,20 @@ def create_scene() -> SlicerScene:
                        sequences_logic)
 
 
+def add_file_cache(loaded: SlicerScene) -> None:
+    """Give the scene a data IO manager with a cache directory, as the application does: a
+    bundle (`.mrb`, `.seq.mrb`) is unpacked there when read. Removed with `loaded`."""
+    if loaded.temporary_directory is not None:
+        return
+    loaded.temporary_directory = tempfile.TemporaryDirectory(prefix="cardiac-ensemble-mrb-")
+    cache = slicer.vtkCacheManager()
+    cache.SetRemoteCacheDirectory(loaded.temporary_directory.name)
+    io_manager = slicer.vtkDataIOManager()
+    io_manager.SetCacheManager(cache)
+    loaded.scene.SetCacheManager(cache)
+    loaded.scene.SetDataIOManager(io_manager)
+
+
 def node_by_name(scene, name: str, class_name: str = "vtkMRMLNode"):
     """The one node of `class_name` called `name` (error if none or several)."""
     nodes = scene.GetNodesByClassByName(class_name, name)

@@ -4,9 +4,10 @@ Geometry crosses without conversion: a `Case`'s RAS affine *is* the volume node'
 matrix, and its (Z, Y, X) array *is* what `arrayFromVolume` returns (see `core.case`). The one
 LPS/RAS flip of the package stays in `io`; nothing here flips axes.
 
-Only one scalar 3D frame can be segmented; `check_volume` refuses anything else (a label map,
-a 4D cine read as one volume, the displayed frame of a sequence, a transformed volume) with a
-message that says what to pick instead.
+Only one scalar 3D frame can be segmented as a volume; `check_volume` refuses anything else (a
+label map, a 4D cine read as one volume, a transformed volume, and the displayed frame of a
+sequence unless that one frame is asked for) with a message that says what to pick instead. A
+whole sequence is segmented by `cine`.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError, describe, get_att
 CASE_ATTRIBUTES = ("patient_id", "phase", "frame", "group", "height_cm", "weight_kg", "source")
 
 
-def _matrix(affine: np.ndarray):
+def vtk_matrix(affine: np.ndarray):
+    """A 4x4 array as a vtkMatrix4x4."""
     matrix = vtk.vtkMatrix4x4()
     for row in range(4):
         for column in range(4):
@@ -43,7 +45,7 @@ def add_volume(scene, case: Case, name: Optional[str] = None):
     """A scalar volume node holding `case.image` on `case.geometry`, with the case's metadata."""
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
                                    name or case.name.replace("_", " "))
-    node.SetIJKToRASMatrix(_matrix(case.geometry.affine))
+    node.SetIJKToRASMatrix(vtk_matrix(case.geometry.affine))
     updateVolumeFromArray(node, np.ascontiguousarray(case.image))
     node.CreateDefaultDisplayNodes()
     for key in CASE_ATTRIBUTES:
@@ -56,7 +58,7 @@ def add_volume_like(scene, reference_volume, array: np.ndarray, name: str,
                     class_name: str = "vtkMRMLScalarVolumeNode"):
     """A volume node of `class_name` holding `array` on the grid of `reference_volume`."""
     node = scene.AddNewNodeByClass(class_name, name)
-    node.SetIJKToRASMatrix(_matrix(ijk_to_ras(reference_volume)))
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras(reference_volume)))
     updateVolumeFromArray(node, np.ascontiguousarray(array))
     return node
 
@@ -85,9 +87,9 @@ def check_volume(volume_node, *, allow_sequence_frame: bool = False):
     frames = sequence_frames(volume_node)
     if frames > 1 and not allow_sequence_frame:
         raise SlicerBridgeError(
-            f"{describe(volume_node)} is the displayed frame of a {frames}-frame sequence; "
-            f"copy the frame you want into its own volume (Sequences module) and segment that, "
-            f"so the result cannot silently follow another frame")
+            f"{describe(volume_node)} shows one frame of a {frames}-frame sequence: segment "
+            f"the whole cine (the panel's Segment, or logic.segmentCine), or only the frame "
+            f"shown now (logic.segment(..., sequenceFrame=True))")
     transform = volume_node.GetParentTransformNode()
     if transform is not None:
         raise SlicerBridgeError(
@@ -119,8 +121,8 @@ def _check_one_component(volume_node) -> None:
     if components != 1:
         raise SlicerBridgeError(
             f"{describe(volume_node)} has {components} values per voxel: a 4D cine (or colour "
-            f"image) loaded as one volume. Segment one 3D frame instead: the ED or ES frame "
-            f"file, or one frame of the cine loaded as a sequence")
+            f"image) loaded as one volume. Load the cine as a volume sequence instead (it is "
+            f"then segmented frame by frame), or pick one 3D frame (the ED or ES file)")
 
 
 def case_from_volume(volume_node, ground_truth=None, *,

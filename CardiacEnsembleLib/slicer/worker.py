@@ -27,12 +27,13 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from CardiacEnsembleLib.core.case import Case, Prediction
+from CardiacEnsembleLib.core.case import Case, Geometry
 from CardiacEnsembleLib.core.progress import Cancelled
-from CardiacEnsembleLib.inference.server import (INPUT, MODULE, EnsembleRequest, read_result,
-                                                 write_request)
+from CardiacEnsembleLib.inference.server import (INPUT, MODULE, EnsembleRequest,
+                                                 read_cine_result, read_result,
+                                                 write_cine_request, write_request)
 
 __all__ = ["EnsembleRequest", "InferenceWorker", "WorkerError", "WorkerJob",
            "WorkerRequestError", "WorkerStatus"]
@@ -228,7 +229,23 @@ class InferenceWorker:
         return self._process is not None and self._process.alive
 
     def submit(self, case: Case, request: EnsembleRequest) -> "WorkerJob":
-        """Send `case` to the worker (started, or restarted for another device, as needed)."""
+        """Send `case` to the worker (started, or restarted for another device, as needed);
+        the job's `result()` is a `Prediction`."""
+        return self._submit(request, f"segment {case.name}",
+                            lambda folder: write_request(folder, case, request),
+                            lambda folder: read_result(folder, case.geometry))
+
+    def submit_cine(self, cine, geometry: Geometry, request: EnsembleRequest, *,
+                    name: str = "cine") -> "WorkerJob":
+        """Send every frame of a (T, Z, Y, X) cine to the worker; the job's `result()` is an
+        `inference.cine.CineSegmentation` (labels per frame and the volume-time curve)."""
+        return self._submit(request, f"segment {name}",
+                            lambda folder: write_cine_request(folder, cine, geometry, name,
+                                                              request),
+                            lambda folder: read_cine_result(folder, geometry))
+
+    def _submit(self, request: EnsembleRequest, name: str, write: Callable[[Path], Path],
+                read: Callable[[Path], tuple]) -> "WorkerJob":
         if self._job is not None and not self._job.poll().finished:
             raise RuntimeError("a segmentation is already running; wait for it or cancel it")
         if self.running and request.device != self._device:
@@ -239,8 +256,8 @@ class InferenceWorker:
             self._live.append(self._process)
             self._device = request.device
         self._count += 1
-        folder = write_request(self._folder / f"request-{self._count:04d}", case, request)
-        self._job = WorkerJob(self, self._process, folder, case)
+        folder = write(self._folder / f"request-{self._count:04d}")
+        self._job = WorkerJob(self, self._process, folder, name, read)
         try:
             self._process.send(folder)
         except OSError:  # it died before reading the request: the job reports how
@@ -290,17 +307,17 @@ class WorkerJob:
     itself with the result (e.g. `ensemble_reused`, `loads`, `load_seconds`).
     """
 
-    def __init__(self, worker: InferenceWorker, process: _Process, folder: Path,
-                 case: Case) -> None:
-        self._worker, self._process, self.folder, self.case = worker, process, folder, case
-        self.name = f"segment {case.name}"
+    def __init__(self, worker: InferenceWorker, process: _Process, folder: Path, name: str,
+                 read: Callable[[Path], tuple]) -> None:
+        self._worker, self._process, self.folder, self.name = worker, process, folder, name
+        self._read = read  # result folder -> (the result, the worker's info)
         self.reports: list[tuple[int, int, str]] = []
         self.info: dict = {}
         self._started = time.perf_counter()
         self._state, self._progress = "starting", (0, 0, "starting the inference worker")
         self._error: Optional[BaseException] = None
         self._result_folder: Optional[Path] = None
-        self._prediction: Optional[Prediction] = None
+        self._result = None
 
     # --- status --------------------------------------------------------------------------
 
@@ -386,18 +403,18 @@ class WorkerJob:
         self._state, self._progress = "cancelled", (*self._progress[:2], "cancelled")
         self._error = Cancelled("cancelled by the user")
 
-    def result(self) -> Prediction:
-        """The worker's `Prediction`; raises `Cancelled`, `WorkerError` or
-        `WorkerRequestError`. The request's files are removed once read."""
+    def result(self):
+        """The worker's answer (a `Prediction`, or a `CineSegmentation` for a cine); raises
+        `Cancelled`, `WorkerError` or `WorkerRequestError`. The request's files are removed
+        once read."""
         if not self.poll().finished:
             raise RuntimeError(f"{self.name}: still running; wait() or poll() first")
         if self._error is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             raise self._error
-        if self._prediction is None:
+        if self._result is None:
             try:
-                self._prediction, self.info = read_result(self._result_folder,
-                                                          self.case.geometry)
+                self._result, self.info = self._read(self._result_folder)
             finally:
                 shutil.rmtree(self.folder, ignore_errors=True)
-        return self._prediction
+        return self._result

@@ -1,9 +1,12 @@
 """The batch script installed with the module (CardiacEnsemble/Resources/Scripts/
 headless_segment.py): one ACDC patient segmented in an MRML scene without the application, its
-files readable by Slicer, existing outputs never overwritten, any error one line and status 2."""
+files readable by Slicer, existing outputs never overwritten, any error one line and status 2;
+with its cine (patient090 of ../shared/acdc), every frame as a segmentation sequence, a label
+sequence and the volume curve whose ED/ES frames it reports."""
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import subprocess
 import sys
@@ -87,3 +90,54 @@ def test_the_script_finds_the_library_beside_it_as_when_installed(tmp_path):
                          timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == str(module)
+
+
+def test_with_its_cine_every_frame_is_written_and_the_reported_ed_es_are_the_curves(
+        tmp_path, untrained_models, patient_dir):
+    import numpy as np
+    import slicer
+
+    from CardiacEnsembleLib.slicer.files import read_sequence
+    from CardiacEnsembleLib.slicer.scene import create_scene
+    from CardiacEnsembleLib.slicer.segmentations import segment_ids_by_name
+
+    out = tmp_path / "out"
+    run = _run(patient_dir("patient090"), out, "--models", untrained_models, "--device", "cpu",
+               "--cine")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "patient090_ED.seg.nrrd", "patient090_ES.seg.nrrd", "patient090_cine.seg.seq.mrb",
+        "patient090_cine_labels.seq.nrrd", "patient090_cine_volumes.csv",
+        "patient090_metrics.csv"]
+    reported = re.search(r"patient090 cine, 12 frames: ED frame (\d+), ES frame (\d+)",
+                         run.stdout)
+    assert reported, run.stdout
+    with open(out / "patient090_cine_volumes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["frame"]) for r in rows] == list(range(1, 13))
+    lv = np.array([float(r["lv_ml"]) for r in rows])
+    assert (int(np.argmax(lv)) + 1, int(np.argmin(lv)) + 1) == tuple(map(int, reported.groups()))
+
+    fresh = create_scene()
+    sequence = read_sequence(fresh, out / "patient090_cine.seg.seq.mrb", "read back")
+    assert sequence.GetNumberOfDataNodes() == 12
+    for index in (0, 11):
+        segment_ids_by_name(sequence.GetNthDataNode(index))  # the three ACDC segments
+    labels = read_sequence(fresh, out / "patient090_cine_labels.seq.nrrd", "labels")
+    assert labels.GetNumberOfDataNodes() == 12
+    written = np.stack([slicer.util.arrayFromVolume(labels.GetNthDataNode(i))
+                        for i in range(12)])
+    assert written.shape[0] == 12 and set(np.unique(written).tolist()) <= {0, 1, 2, 3}
+    # the label sequence is the curve's labels: its LV voxels per frame give the CSV's LV ml
+    voxel_ml = float(np.prod(labels.GetNthDataNode(0).GetSpacing())) / 1000.0
+    np.testing.assert_allclose((written == 3).sum(axis=(1, 2, 3)) * voxel_ml, lv, rtol=1e-4,
+                               atol=1e-3)
+
+
+def test_no_cine_in_the_folder_but_asked_for_is_one_line_and_status_2(tmp_path):
+    patient = tmp_path / "patient090"
+    shutil.copytree(SAMPLE, patient)
+    run = _run(patient, tmp_path / "out", "--device", "cpu", "--cine")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"error: {patient}: has no cine (patient090_4d.nii.gz) to segment (--cine)"]

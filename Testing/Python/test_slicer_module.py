@@ -213,3 +213,36 @@ def test_a_loaded_ground_truth_is_recognised_so_it_is_never_offered_as_the_outpu
     assert logic.isGroundTruth(loaded["ED"].ground_truth)
     other = module.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "output")
     assert not logic.isGroundTruth(other)
+
+
+def test_module_logic_segments_a_cine_and_one_frame_of_it_only_when_asked(module,
+                                                                          untrained_models):
+    """The panel's Segment on a sequence proxy: every frame, as `segment_cine` gives it; the
+    frame shown now alone only with `sequenceFrame=True`."""
+    from CardiacEnsembleLib.inference.cine import segment_cine
+    from CardiacEnsembleLib.io.acdc import PatientFolder
+    from CardiacEnsembleLib.slicer.cine import add_volume_sequence
+    from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError
+    from CardiacEnsembleLib.slicer.segmentations import labels_from_segmentation
+
+    logic = module.CardiacEnsembleLogic()
+    patient = PatientFolder.open(SAMPLE)
+    frames = [patient.load(phase, with_gt=False) for phase in ("ED", "ES")]
+    cine = np.stack([frame.image for frame in frames])
+    loaded = add_volume_sequence(module.slicer.mrmlScene, cine, frames[0].geometry, "cine")
+    options = dict(modelsDir=str(untrained_models), device="cpu")
+    assert logic.isSequenceFrame(loaded.proxy) and not logic.isSequenceFrame(None)
+    try:
+        nodes = logic.segmentCine(loaded.proxy, wait=True, **options)
+        expected = segment_cine(logic.ensemble(**options), cine, frames[0].geometry)
+        loaded.browser.SetSelectedItemNumber(1)
+        np.testing.assert_array_equal(labels_from_segmentation(nodes.proxy, loaded.proxy),
+                                      expected.labels[1])
+        assert nodes.summary["ed_frame"] == expected.ed_frame
+        with pytest.raises(SlicerBridgeError, match="shows one frame of a 2-frame sequence"):
+            logic.segment(loaded.proxy, **options)
+        alone = logic.segment(loaded.proxy, sequenceFrame=True, wait=True, **options)
+        np.testing.assert_array_equal(labels_from_segmentation(alone.segmentation),
+                                      expected.labels[1])
+    finally:
+        logic.cleanup()

@@ -20,6 +20,14 @@ the folder's ED and ES frames (and ground truth) into a scene, segment both with
                                                                    HD95, MSD per structure and
                                                                    phase; volumes, EF, mass
 
+and, when the folder has its cine (`<patient>_4d.nii.gz`; `--cine` requires it, `--no-cine`
+skips it), every frame of it, printing the ED and ES frames found on the volume-time curve:
+
+    OUT_DIR/<patient>_cine.seg.seq.mrb      the segmentation sequence (Slicer's format for one:
+                                            a bundle of one segmentation per frame)
+    OUT_DIR/<patient>_cine_labels.seq.nrrd  the same labels as a 4D label-map volume sequence
+    OUT_DIR/<patient>_cine_volumes.csv      frame, LV, RV, Myo ml per frame
+
 Existing outputs are never overwritten (exit status 2, nothing written), nor are any written
 when an input is unusable (status 2, one line saying which file and why). Any other error also
 ends the run with status 2 and one line; inside Slicer the application always exits.
@@ -54,7 +62,24 @@ def parse_arguments(argv):
     parser.add_argument("--fusion", default=None, choices=FUSION_RULES,
                         help="fusion rule (default: the manifest's)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    cine = parser.add_mutually_exclusive_group()
+    cine.add_argument("--cine", dest="cine", action="store_const", const=True, default=None,
+                      help="also segment every frame of the cine (an error without one; "
+                           "default: when the folder has one)")
+    cine.add_argument("--no-cine", dest="cine", action="store_const", const=False,
+                      help="only the ED and ES frames, even when the folder has a cine")
     return parser.parse_args(argv)
+
+
+def wants_cine(args, patient) -> bool:
+    """Whether to segment the cine: asked for, or (by default) present."""
+    from CardiacEnsembleLib.core.case import CaseError
+
+    present = patient.cine_path.is_file()
+    if args.cine and not present:
+        raise CaseError(f"{patient.folder}: has no cine ({patient.cine_path.name}) to segment "
+                        f"(--cine)")
+    return present if args.cine is None else args.cine
 
 
 def output_paths(patient_id: str, out_dir: Path) -> dict[str, Path]:
@@ -63,6 +88,12 @@ def output_paths(patient_id: str, out_dir: Path) -> dict[str, Path]:
     paths = {phase: out_dir / f"{patient_id}_{phase}.seg.nrrd" for phase in PHASES}
     paths["metrics"] = out_dir / f"{patient_id}_metrics.csv"
     return paths
+
+
+def cine_output_paths(patient_id: str, out_dir: Path) -> dict[str, Path]:
+    return {"segmentation": out_dir / f"{patient_id}_cine.seg.seq.mrb",
+            "labels": out_dir / f"{patient_id}_cine_labels.seq.nrrd",
+            "volumes": out_dir / f"{patient_id}_cine_volumes.csv"}
 
 
 class MissingDependencies(RuntimeError):
@@ -95,14 +126,17 @@ def run(args) -> int:
 
     patient = PatientFolder.open(args.case_folder)
     outputs = output_paths(patient.patient_id, args.out_dir)
-    refuse_existing(outputs.values(), hint="remove it or pick another OUT_DIR")
+    cine = wants_cine(args, patient)
+    cine_outputs = cine_output_paths(patient.patient_id, args.out_dir) if cine else {}
+    refuse_existing([*outputs.values(), *cine_outputs.values()],
+                    hint="remove it or pick another OUT_DIR")
     ensemble = load_ensemble(args.models or DEFAULT_MODELS_DIR, device=args.device,
                              fusion=args.fusion, tta=args.tta)
     print(f"ensemble: {', '.join(ensemble.names)} ({ensemble.fusion} fusion) on "
           f"{ensemble.device}")
 
     scene = create_scene().scene
-    loaded = load_acdc_case(scene, patient.folder)
+    loaded = load_acdc_case(scene, patient.folder, cine=cine)
     rows, predicted = [], {}
     for phase in PHASES:
         volume = loaded[phase].volume
@@ -130,9 +164,28 @@ def run(args) -> int:
     for phase in PHASES:
         save_segmentation(predicted[phase], outputs[phase])
     write_table_csv(table, outputs["metrics"])
-    for path in outputs.values():
+    if cine:
+        segment_the_cine(scene, ensemble, loaded.cine, patient, cine_outputs)
+    for path in [*outputs.values(), *cine_outputs.values()]:
         print(f"wrote {path}")
     return EXIT_OK
+
+
+def segment_the_cine(scene, ensemble, cine, patient, outputs: dict[str, Path]) -> None:
+    """Every frame of the cine: the segmentation sequence, its labels and the volume curve."""
+    from CardiacEnsembleLib.inference.cine import segment_cine, write_volume_curve
+    from CardiacEnsembleLib.slicer.cine import add_cine_result, save_label_sequence, \
+        summary_text
+    from CardiacEnsembleLib.slicer.files import save_node
+
+    result = segment_cine(ensemble, cine.cine, cine.geometry)
+    nodes = add_cine_result(scene, result, cine, name=f"{patient.patient_id} cine segmentation")
+    print(f"{patient.patient_id} cine, {len(result.labels)} frames: "
+          f"{summary_text(nodes.summary)} (Info.cfg: ED frame {patient.info.ed}, ES frame "
+          f"{patient.info.es})")
+    save_node(nodes.sequence, outputs["segmentation"])
+    save_label_sequence(scene, result.labels, cine, outputs["labels"])
+    write_volume_curve(result, outputs["volumes"])
 
 
 def main(argv=None) -> int:
