@@ -67,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
                          max_validation_patients=args.max_validation_patients,
                          init_from=str(args.init_from or args.init_encoder_from or ""),
                          init_encoder_only=args.init_encoder_from is not None)
-    bar = ProgressBar(f"train {spec.name}", not args.quiet)
+    bar = ProgressBar(f"train {spec.name}", not args.quiet, unit="step")
     try:
         member = train_member(spec, args.data, args.out, config, device=pick_device(args.device),
                               progress=bar, log=lambda line: (bar.close(), print(line, flush=True)))
@@ -159,7 +159,7 @@ def run_select(args: argparse.Namespace) -> int:
         raise SystemExit("--apply records a choice for the whole manifest; drop --members")
     refuse_existing([args.out / "selection.md", args.out / "selection.json"], args.overwrite)
     ensemble = load_ensemble(args)
-    bar = ProgressBar("members on validation", not args.quiet)
+    bar = ProgressBar("members on validation", not args.quiet, unit="frame")
     try:
         frames = collect_validation_frames(ensemble, args.data, limit=args.limit, progress=bar)
     finally:
@@ -281,7 +281,7 @@ def _write_report(args, ensemble, result, patients, shipped, members) -> None:
                          patients=[p.patient_id for p in patients],
                          title=f"{ensemble.description or 'Ensemble'} on {split} of ACDC",
                          command=command_line(args), benchmark=benchmark,
-                         device=str(ensemble.device))
+                         device=str(ensemble.device), overwrite=args.overwrite)
     print(f"wrote {', '.join(map(str, paths))}")
 
 

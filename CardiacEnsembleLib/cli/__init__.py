@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 from CardiacEnsembleLib.cli import batch, evaluate, inspect, segment
 from CardiacEnsembleLib.cli.common import EXIT_USAGE, PROG
+from CardiacEnsembleLib.core.version import MODELS_RELEASE, __version__
 
 #: The runtime's command groups, in the order `--help` lists them.
 RUNTIME_GROUPS = (segment, evaluate, inspect, batch)
@@ -32,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment ACDC cardiac cine-MRI (RV cavity, LV myocardium, LV cavity) with an "
                     "ensemble of 2D networks, and measure it against ground truth.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="results and errors only: no progress bars, no notes")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {__version__} (models release {MODELS_RELEASE})")
     # the same flags after the sub-command; SUPPRESS keeps them from resetting the ones before
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS)

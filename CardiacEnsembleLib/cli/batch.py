@@ -5,7 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from CardiacEnsembleLib.cli.common import ProgressBar
+from CardiacEnsembleLib.cli.common import ProgressBar, say
 from CardiacEnsembleLib.cli.evaluate import SPLITS
 from CardiacEnsembleLib.core.errors import CaseError
 from CardiacEnsembleLib.core.options import FUSION_RULES
@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger("distributed").setLevel(logging.WARNING)
     where = args.scheduler or f"a local Dask cluster of {args.workers} worker processes"
-    print(f"segmenting {len(patients)} studies on {where}")
-    bar = ProgressBar("batch", not args.quiet)
+    say(args, f"segmenting {len(patients)} studies on {where}")
+    bar = ProgressBar("batch", not args.quiet, unit="study")
     try:
         results = segment_studies([p.folder for p in patients], args.output,
                                   workers=args.workers, scheduler=args.scheduler,

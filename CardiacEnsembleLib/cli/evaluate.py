@@ -10,7 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from CardiacEnsembleLib.cli.common import SAMPLE_DIR, ProgressBar, add_model_options, load_ensemble
+from CardiacEnsembleLib.cli.common import (SAMPLE_DIR, ProgressBar, add_model_options,
+                                           load_ensemble, say)
 from CardiacEnsembleLib.core.errors import CaseError, refuse_existing
 from CardiacEnsembleLib.core.options import FUSION_RULES
 
@@ -53,7 +54,7 @@ def patients_to_score(args: argparse.Namespace, also_written: Sequence[Path] = (
 
     if args.data is None:
         args.data = SAMPLE_DIR.parent
-        print(f"no --data given: evaluating the built-in sample case {SAMPLE_DIR.name}")
+        say(args, f"no --data given: evaluating the built-in sample case {SAMPLE_DIR.name}")
     ids = load_splits(args.data)[args.split] if args.split else args.patients
     patients = find_patients(args.data, ids)
     if not patients:
@@ -71,7 +72,7 @@ def run_evaluation(args: argparse.Namespace, patients: Sequence) -> tuple:
     from CardiacEnsembleLib.io.outputs import EvaluationOutputs
 
     ensemble = load_ensemble(args)
-    bar = ProgressBar("evaluate", not args.quiet)
+    bar = ProgressBar("evaluate", not args.quiet, unit="frame")
     try:
         result = evaluate(ensemble, patients, args.rules, progress=bar)
     finally:

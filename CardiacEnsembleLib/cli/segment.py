@@ -5,7 +5,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from CardiacEnsembleLib.cli.common import SAMPLE_DIR, ProgressBar, add_model_options, load_ensemble
+from CardiacEnsembleLib.cli.common import (SAMPLE_DIR, ProgressBar, add_model_options,
+                                           load_ensemble, say)
 from CardiacEnsembleLib.core.errors import CaseError, refuse_existing
 
 if TYPE_CHECKING:  # imported when a command runs: nibabel and SimpleITK cost `--help` time
@@ -47,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
     if args.cine:
         return run_cine(args, source)
     if args.input is None:
-        print(f"no INPUT given: using the built-in sample case {SAMPLE_DIR.name} "
-              f"(ACDC, CC BY-NC-SA 4.0, see {SAMPLE_DIR.parent / 'README.md'})")
+        say(args, f"no INPUT given: using the built-in sample case {SAMPLE_DIR.name} "
+                  f"(ACDC, CC BY-NC-SA 4.0, see {SAMPLE_DIR.parent / 'README.md'})")
     jobs = _patient_jobs(args, source) if source.is_dir() else [_frame_job(args, source)]
     refuse_existing([path for job in jobs for path in job.outputs.paths], args.overwrite)
     ensemble = load_ensemble(args)
     for job in jobs:
-        bar = ProgressBar(f"segment {job.case.name}", not args.quiet)
+        bar = ProgressBar(f"segment {job.case.name}", not args.quiet, unit="slice")
         try:
             prediction = ensemble.predict(job.case, progress=bar)
         finally:

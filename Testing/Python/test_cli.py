@@ -112,7 +112,7 @@ def frame_run(untrained_models, patient_dir, tmp_path_factory):
     """`segment patient090_frame04.nii.gz -o seg.nii.gz`: (code, stdout, input, output)."""
     source = patient_dir(PATIENT) / ED_FILE
     out = tmp_path_factory.mktemp("frame_run") / "seg.nii.gz"
-    code, stdout, _ = run_cli("-q", "segment", source, "--output", out,
+    code, stdout, _ = run_cli("segment", source, "--output", out,
                               *model_options(untrained_models))
     return code, stdout, source, out
 
@@ -273,7 +273,7 @@ def test_fusion_option_changes_the_rule_used(untrained_models, small_frame, smal
     mean = ensemble.fuse(case, probs, seconds, "mean").labels
     assert not np.array_equal(vote, mean)  # else this test could not tell the rules apart
     out = tmp_path / "vote.nii.gz"
-    code = main(["-q", "segment", str(small_frame), "-o", str(out), "--fusion", "vote",
+    code = main(["segment", str(small_frame), "-o", str(out), "--fusion", "vote",
                  *model_options(untrained_models)])
     assert code == 0
     assert ensemble_line(capsys.readouterr().out) == \
@@ -288,13 +288,54 @@ def test_members_option_restricts_the_ensemble(untrained_models, small_frame, sm
     pair = chosen.fuse(case, probs[[0, 2]], [seconds[0], seconds[2]], "mean").labels
     assert not np.array_equal(pair, ensemble.fuse(case, probs, seconds, "mean").labels)
     out = tmp_path / "pair.nii.gz"
-    code = main(["-q", "segment", str(small_frame), "-o", str(out),
+    code = main(["segment", str(small_frame), "-o", str(out),
                  "--members", "unet-mnv2", "fpn-mnv2", *model_options(untrained_models)])
     assert code == 0
     assert ensemble_line(capsys.readouterr().out) == \
         "ensemble: unet-mnv2, fpn-mnv2 | fusion mean | device cpu"
     assert np.array_equal(read_zyx(out), pair)
 
+
+
+def test_quiet_prints_the_result_lines_only(untrained_models, small_frame, tmp_path):
+    """-q: results and errors only. Without it the run also says what runs (the ensemble
+    line); the manifest's training note needs -v (it is history, printed on every run before)."""
+    out = tmp_path / "seg.nii.gz"
+    code, stdout, stderr = run_cli("-q", "segment", small_frame, "-o", out,
+                                   *model_options(untrained_models))
+    assert code == 0, stderr
+    assert stdout.splitlines() == [line for line in stdout.splitlines()
+                                   if line.startswith(f"patient090_ED_slices3-4: wrote {out} ")]
+    assert len(stdout.splitlines()) == 1 and stderr == ""
+    code, stdout, _ = run_cli("segment", small_frame, "-o", tmp_path / "plain.nii.gz",
+                              *model_options(untrained_models))
+    assert code == 0 and "note:" not in stdout and ensemble_line(stdout)
+    code, stdout, _ = run_cli("-v", "segment", small_frame, "-o", tmp_path / "verbose.nii.gz",
+                              *model_options(untrained_models))
+    assert code == 0 and "note: untrained test members" in stdout.splitlines()
+
+
+def test_progress_bar_times_from_its_start_not_from_the_first_report():
+    """The first report comes after the first piece of work: timed from it, the rate read
+    889700/s. Started 10 s before 7 of 35 slices are reported, the rate is about 0.7/s."""
+    from CardiacEnsembleLib.cli.common import ProgressBar
+
+    bar = ProgressBar("segment", unit="slice")
+    bar.started -= 10.0
+    with contextlib.redirect_stderr(io.StringIO()) as shown:
+        bar(7, 35, "unet")
+        bar.close()
+    assert 0.6 < bar_rate(shown.getvalue()) < 0.8, shown.getvalue()
+    assert " slice/s" in shown.getvalue()
+
+
+def bar_rate(text: str) -> float:
+    """The last rate a tqdm bar printed (`0.70 slice/s` or `1.43s/ slice` inverted)."""
+    rate = re.findall(r"([0-9.]+) ?slice/s", text)
+    if rate:
+        return float(rate[-1])
+    inverse = re.findall(r"([0-9.]+)s/ ?slice", text)
+    return 1.0 / float(inverse[-1])
 
 # ------------------------------------------------------------------------ segment: a 4D cine
 
@@ -458,12 +499,13 @@ sys.exit(code)
 """
 
 
-@pytest.mark.parametrize("command", ["--help", "models", "info"])
+@pytest.mark.parametrize("command", ["--help", "--version", "models", "info"])
 def test_read_only_commands_start_without_importing_torch(command, untrained_models,
                                                           patient_dir):
     """`--help`, `models` and `info` only read files: they must answer before torch loads
     (seconds saved per call, and usable where torch is not installed yet)."""
-    argv = {"--help": ["--help"], "models": ["models", "--models", str(untrained_models)],
+    argv = {"--help": ["--help"], "--version": ["--version"],
+            "models": ["models", "--models", str(untrained_models)],
             "info": ["info", str(patient_dir(PATIENT))]}[command]
     result = subprocess.run([sys.executable, "-c", IMPORTS_AFTER, *argv], capture_output=True,
                             text=True, timeout=120)
@@ -471,6 +513,17 @@ def test_read_only_commands_start_without_importing_torch(command, untrained_mod
     assert json.loads(result.stderr.splitlines()[-1]) == []
     assert result.stdout.strip()
 
+
+
+def test_version_names_the_package_and_the_models_release(capsys):
+    from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest
+    from CardiacEnsembleLib.core.version import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == (f"cardiac-ensemble {__version__} (models release "
+                                               f"{read_manifest(DEFAULT_MODELS_DIR).version})")
 
 def test_the_runtime_never_imports_the_workbench_by_name():
     """The workbench's commands come through the entry point `cardiac_ensemble.commands`."""
