@@ -20,6 +20,7 @@ from CardiacEnsembleLib.core.case import STRUCTURES
 from CardiacEnsembleLib.core.options import Method
 from CardiacEnsembleLib.evaluation.metrics import with_mean
 from CardiacEnsembleLib.evaluation.scoring import Evaluation, ScoreRow, _mean_sd, summary_table
+from CardiacEnsembleLib.io.atomic import atomic_output, write_text_atomic
 
 #: The issue's bar for the shipped ensemble on the test split.
 TARGET_MEAN_DICE = 0.89
@@ -160,7 +161,8 @@ def cost_table(benchmark: BenchmarkResult, evaluation: Evaluation, shipped: str)
     return "\n".join(lines)
 
 
-def plot_dice_boxes(evaluation: Evaluation, methods: Sequence[str], png_path: Path) -> None:
+def plot_dice_boxes(evaluation: Evaluation, methods: Sequence[str], png_path: Path, *,
+                    overwrite: bool = False) -> None:
     """Per-frame Dice of each structure, one box per method (members beside the ensembles)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -181,12 +183,12 @@ def plot_dice_boxes(evaluation: Evaluation, methods: Sequence[str], png_path: Pa
         axis.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("Dice")
     figure.tight_layout()
-    figure.savefig(png_path)
-    plt.close(figure)
+    _save_figure(figure, png_path, overwrite)
 
 
 def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
-                       benchmark: Optional[BenchmarkResult] = None, shipped: str = "") -> None:
+                       benchmark: Optional[BenchmarkResult] = None, shipped: str = "", *,
+                       overwrite: bool = False) -> None:
     """Mean Dice against seconds per frame: every method from the evaluation run (its own
     timing), and, when given, the benchmark's quiet-machine timing for members and ensemble."""
     import matplotlib
@@ -215,8 +217,18 @@ def plot_accuracy_cost(evaluation: Evaluation, png_path: Path,
     axis.grid(alpha=0.3)
     figure.tight_layout()
     separate_labels(labels)
-    figure.savefig(png_path)
-    plt.close(figure)
+    _save_figure(figure, png_path, overwrite)
+
+
+def _save_figure(figure, png_path: Path, overwrite: bool) -> None:
+    """A chart, whole or not at all (`io.atomic.atomic_output`); the figure is closed either way."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_output(png_path, overwrite=overwrite) as temporary:
+            figure.savefig(temporary, format="png")
+    finally:
+        plt.close(figure)
 
 
 def separate_labels(labels: Sequence, gap_px: float = 1.0) -> None:
@@ -257,14 +269,17 @@ def _median_frame_seconds(rows: Sequence[ScoreRow]) -> float:
 def write_report(evaluation: Evaluation, path: Path, *, shipped: str,
                  member_methods: Sequence[str], patients: Sequence[str], title: str,
                  command: str = "", benchmark: Optional[BenchmarkResult] = None,
-                 device: str = "") -> list[Path]:
-    """Write the Markdown report and its two charts beside it; returns the paths written."""
+                 device: str = "", overwrite: bool = False) -> list[Path]:
+    """Write the Markdown report and its two charts beside it; returns the paths written.
+
+    Each file is published whole (`io.atomic.atomic_output`); existing ones are refused unless
+    `overwrite`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     boxes = path.with_name(path.stem + "_dice_boxes.png")
     cost = path.with_name(path.stem + "_accuracy_cost.png")
     shown = list(member_methods) + [m for m in evaluation.methods if Method.parse(m).is_ensemble]
-    plot_dice_boxes(evaluation, shown, boxes)
-    plot_accuracy_cost(evaluation, cost, benchmark, shipped)
+    plot_dice_boxes(evaluation, shown, boxes, overwrite=overwrite)
+    plot_accuracy_cost(evaluation, cost, benchmark, shipped, overwrite=overwrite)
     text = [f"# {title}", "",
             f"{len(patients)} patients, ED and ES frames: {', '.join(patients)}.  ",
             f"Produced by `{command}`." if command else "", ""]
@@ -284,5 +299,5 @@ def write_report(evaluation: Evaluation, path: Path, *, shipped: str,
                  cost_table(benchmark, evaluation, shipped), ""]
     text += ["## Figures", "", f"![Dice per frame, members and ensembles]({boxes.name})", "",
              f"![accuracy vs cost]({cost.name})", ""]
-    path.write_text("\n".join(text))
+    write_text_atomic(path, "\n".join(text), overwrite=overwrite)
     return [path, boxes, cost]

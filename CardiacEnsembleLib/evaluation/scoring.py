@@ -11,7 +11,7 @@ import csv
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from CardiacEnsembleLib.evaluation.metrics import ClinicalIndices, clinical_indi
 from CardiacEnsembleLib.inference.ensemble import Ensemble
 from CardiacEnsembleLib.inference.postprocess import apply_steps
 from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
+from CardiacEnsembleLib.io.atomic import atomic_output
 
 
 @dataclass
@@ -132,8 +133,11 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
     return result
 
 
-def write_scores_csv(evaluation: Evaluation, path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+def write_scores_csv(evaluation: Evaluation, path: Path, *, overwrite: bool = False,
+                     protected: Iterable[Path | str] = ()) -> None:
+    """scores.csv, whole or not at all (`io.atomic.atomic_output`)."""
+    with atomic_output(path, overwrite=overwrite, protected=protected) as temporary, \
+            open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(ScoreRow.__dataclass_fields__))
         writer.writeheader()
         writer.writerows(asdict(row) for row in evaluation.scores)
@@ -153,10 +157,13 @@ def read_scores_csv(path: Path) -> list[ScoreRow]:
                 for row in reader]
 
 
-def write_clinical_csv(evaluation: Evaluation, path: Path) -> None:
+def write_clinical_csv(evaluation: Evaluation, path: Path, *, overwrite: bool = False,
+                       protected: Iterable[Path | str] = ()) -> None:
+    """clinical.csv, whole or not at all (`io.atomic.atomic_output`)."""
     rows = [{"patient": r.patient, "group": r.group, "method": r.method,
              **r.indices.as_dict()} for r in evaluation.clinical]
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path, overwrite=overwrite, protected=protected) as temporary, \
+            open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -11,7 +11,7 @@ import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterable, Optional
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from CardiacEnsembleLib.core.case import Geometry
 from CardiacEnsembleLib.core.labels import STRUCTURES
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
 from CardiacEnsembleLib.evaluation.metrics import volume_ml
+from CardiacEnsembleLib.io.atomic import atomic_output
 
 if TYPE_CHECKING:  # torch only where frames are segmented: the worker's client reads results
     from CardiacEnsembleLib.inference.ensemble import Ensemble
@@ -100,10 +101,15 @@ def cine_volumes(labels: np.ndarray, spacing_zyx) -> dict[str, np.ndarray]:
 
 def write_volume_curve(result: CineSegmentation, csv_path: Path,
                        png_path: Optional[Path] = None,
-                       info_frames: Optional[tuple[int, int]] = None, title: str = "") -> None:
+                       info_frames: Optional[tuple[int, int]] = None, title: str = "", *,
+                       overwrite: bool = False, protected: Iterable[Path | str] = ()) -> None:
     """CSV (frame, LV, RV, Myo ml) and, if asked, a PNG of the LV/RV volume-time curve with the
-    ED/ES found from the curve (and those of Info.cfg, when given, for comparison)."""
-    with open(csv_path, "w", newline="") as handle:
+    ED/ES found from the curve (and those of Info.cfg, when given, for comparison).
+
+    Both go through `io.atomic.atomic_output`: whole or not at all, existing files refused
+    unless `overwrite`, the run's inputs (`protected`) never written."""
+    with atomic_output(csv_path, overwrite=overwrite, protected=protected) as temporary, \
+            open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["frame", "lv_ml", "rv_ml", "myo_ml"])
         for index in range(len(result.volumes_ml["LV"])):
@@ -133,5 +139,8 @@ def write_volume_curve(result: CineSegmentation, csv_path: Path,
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(png_path)
-    plt.close(figure)
+    try:
+        with atomic_output(png_path, overwrite=overwrite, protected=protected) as temporary:
+            figure.savefig(temporary, format="png")
+    finally:
+        plt.close(figure)

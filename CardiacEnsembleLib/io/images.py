@@ -4,15 +4,16 @@ NIfTI goes through nibabel (it keeps the sform/qform codes ACDC uses); NRRD, MHA
 through SimpleITK. Arrays come back in the package's (Z, Y, X) order and geometry as a RAS affine
 (see `case.py`); the one LPS <-> RAS flip of the package lives here, in `_lps_to_ras`.
 
-Writes are refused over an existing file unless `overwrite=True`, and go through a temporary file
-so an interrupted write never leaves a half-written result where the user expects one.
+Writes go through `atomic.atomic_output`: refused over an existing file unless `overwrite=True`
+(and that refusal holds when two writers race), never over one of the run's inputs (`protected`),
+published whole from an fsynced temporary, with the mode the umask gives. Only single-file
+formats are written (NIfTI, .nrrd, .mha): a detached header (.nhdr, .mhd) would point at a data
+file with the temporary's name.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import nibabel as nib
 import numpy as np
@@ -21,9 +22,12 @@ import SimpleITK as sitk
 from CardiacEnsembleLib.core.case import Geometry
 from CardiacEnsembleLib.core.errors import (CaseError, OutputExistsError,  # noqa: F401
                                             refuse_existing)
+from CardiacEnsembleLib.io.atomic import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+#: What `write_image` writes: the formats that keep header and voxels in one file.
+WRITABLE_SUFFIXES = NIFTI_SUFFIXES + (".nrrd", ".mha")
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
@@ -149,34 +153,28 @@ def _checked_geometry(affine: np.ndarray, path: Path) -> Geometry:
 
 
 def write_image(path: Path | str, array: np.ndarray, geometry: Geometry, *,
-                overwrite: bool = False, reference: Optional[Path | str] = None) -> Path:
+                overwrite: bool = False, reference: Optional[Path | str] = None,
+                protected: Iterable[Path | str] = ()) -> Path:
     """Write a (Z, Y, X) array (or a (T, Z, Y, X) cine, NIfTI only) with `geometry`; NIfTI or
     NRRD chosen by the file name.
 
     `reference`: a NIfTI whose header (sform/qform codes, units) the output should copy, so a
     label map written for an ACDC frame opens exactly on top of it in any viewer.
+    `protected`: the run's inputs (image, ground truth, ...), which `path` may never be.
     """
     path = Path(path)
     suffix = image_suffix(path)
-    if not suffix:
-        raise CaseError(f"{path}: output name must end in one of "
-                        f"{', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)}")
-    refuse_existing(path, overwrite, hint="pass --overwrite / overwrite=True to replace it")
+    if suffix not in WRITABLE_SUFFIXES:
+        raise CaseError(f"{path}: output name must end in one of {', '.join(WRITABLE_SUFFIXES)}")
     if array.ndim not in (3, 4) or (array.ndim == 4 and suffix not in NIFTI_SUFFIXES):
         raise CaseError(f"{path}: can write (Z, Y, X) arrays, and (T, Z, Y, X) cines as NIfTI "
                         f"only; got shape {array.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".partial-", suffix=suffix, dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path, overwrite=overwrite, protected=protected,
+                       suffix=suffix) as temporary:
         if suffix in NIFTI_SUFFIXES:
-            _write_nifti(Path(temporary), array, geometry, reference)
+            _write_nifti(temporary, array, geometry, reference)
         else:
-            _write_itk(Path(temporary), array, geometry)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+            _write_itk(temporary, array, geometry)
     return path
 
 
