@@ -75,14 +75,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from CardiacEnsembleLib.core.errors import CaseError, MemberError
     from CardiacEnsembleLib.core.progress import Cancelled
+    from CardiacEnsembleLib.cli import exits
 
     try:
-        return args.run(args)
-    except (CaseError, MemberError, FileExistsError, FileNotFoundError, ValueError) as error:
+        with exits.sigterm_raises():
+            status = args.run(args)
+            sys.stdout.flush()  # inside: a reader that closed the pipe is told here, quietly
+        return status
+    except BrokenPipeError:
+        return exits.quiet_broken_pipe()
+    except (CaseError, MemberError, ValueError, OSError) as error:
+        # OSError: a disk full or a folder that turned read-only at write time, one line too
         if args.verbose:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {exits.error_line(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except exits.Terminated:
+        print("terminated: nothing further was written", file=sys.stderr)
+        return exits.EXIT_TERMINATED
     except (Cancelled, KeyboardInterrupt):
         print("cancelled: nothing further was written", file=sys.stderr)
         return 130

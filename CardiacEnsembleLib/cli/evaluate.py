@@ -12,7 +12,7 @@ from typing import Sequence
 
 from CardiacEnsembleLib.cli.common import (SAMPLE_DIR, ProgressBar, add_model_options,
                                            load_ensemble, say)
-from CardiacEnsembleLib.core.errors import CaseError, refuse_existing
+from CardiacEnsembleLib.core.errors import CaseError
 from CardiacEnsembleLib.core.options import FUSION_RULES
 
 SPLITS = ("train", "validation", "test")
@@ -47,9 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def patients_to_score(args: argparse.Namespace, also_written: Sequence[Path] = ()) -> list:
-    """The patient folders to evaluate, after refusing outputs that exist (the three tables
-    and `also_written`) before the ensemble loads. Without --data: the built-in sample."""
+    """The patient folders to evaluate, after refusing, before the ensemble loads, outputs (the
+    three tables and `also_written`) that exist, cannot be written, or are one of the patients'
+    files. Without --data: the built-in sample."""
     from CardiacEnsembleLib.io.acdc import find_patients, load_splits
+    from CardiacEnsembleLib.io.atomic import check_outputs
     from CardiacEnsembleLib.io.outputs import EvaluationOutputs
 
     if args.data is None:
@@ -61,14 +63,23 @@ def patients_to_score(args: argparse.Namespace, also_written: Sequence[Path] = (
         raise CaseError(f"{args.data}: no ACDC patient folders found")
     if args.out.exists() and not args.out.is_dir():
         raise FileExistsError(f"{args.out}: is a file; --out must be a folder")
-    refuse_existing([*EvaluationOutputs.in_folder(args.out).paths, *also_written], args.overwrite)
+    check_outputs([*EvaluationOutputs.in_folder(args.out).paths, *also_written],
+                  overwrite=args.overwrite, inputs=evaluation_inputs(patients))
     return patients
+
+
+def evaluation_inputs(patients: Sequence) -> list[Path]:
+    """Every file the evaluation of `patients` reads, which none of its outputs may be."""
+    from CardiacEnsembleLib.cli.segment import patient_inputs
+
+    return [path for patient in patients for path in patient_inputs(patient)]
 
 
 def run_evaluation(args: argparse.Namespace, patients: Sequence) -> tuple:
     """(ensemble, evaluation) after scoring `patients` and writing the three tables."""
     from CardiacEnsembleLib.evaluation.scoring import (evaluate, summary_table,
                                                        write_clinical_csv, write_scores_csv)
+    from CardiacEnsembleLib.io.atomic import write_text_atomic
     from CardiacEnsembleLib.io.outputs import EvaluationOutputs
 
     ensemble = load_ensemble(args)
@@ -79,10 +90,11 @@ def run_evaluation(args: argparse.Namespace, patients: Sequence) -> tuple:
         bar.close()
     table = summary_table(result)
     outputs = EvaluationOutputs.in_folder(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_scores_csv(result, outputs.scores)
-    write_clinical_csv(result, outputs.clinical)
-    outputs.summary.write_text(summary_markdown(table, patients, ensemble.device))
+    written = {"overwrite": args.overwrite, "protected": evaluation_inputs(patients)}
+    write_scores_csv(result, outputs.scores, **written)
+    write_clinical_csv(result, outputs.clinical, **written)
+    write_text_atomic(outputs.summary, summary_markdown(table, patients, ensemble.device),
+                      **written)
     print(table)
     print(f"wrote {outputs.scores}, {outputs.clinical}, {outputs.summary}")
     return ensemble, result

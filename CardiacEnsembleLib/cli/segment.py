@@ -2,24 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from CardiacEnsembleLib.cli.common import (SAMPLE_DIR, ProgressBar, add_model_options,
                                            load_ensemble, say)
-from CardiacEnsembleLib.core.errors import CaseError, refuse_existing
+from CardiacEnsembleLib.core.errors import CaseError
 
 if TYPE_CHECKING:  # imported when a command runs: nibabel and SimpleITK cost `--help` time
     from CardiacEnsembleLib.core.case import Case
+    from CardiacEnsembleLib.io.acdc import PatientFolder
     from CardiacEnsembleLib.io.outputs import SegmentationOutputs
 
 
 class Job(NamedTuple):
-    """One volume to segment: the case, the files it becomes, the image whose header they copy."""
+    """One volume to segment: the case, the files it becomes, the image whose header they copy,
+    and the input files no output may be written over."""
 
     case: Case
     outputs: SegmentationOutputs
     reference: Optional[Path]
+    inputs: tuple[Path, ...]
 
 
 def register(commands) -> None:
@@ -50,8 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.input is None:
         say(args, f"no INPUT given: using the built-in sample case {SAMPLE_DIR.name} "
                   f"(ACDC, CC BY-NC-SA 4.0, see {SAMPLE_DIR.parent / 'README.md'})")
+    from CardiacEnsembleLib.io.atomic import check_outputs
+
     jobs = _patient_jobs(args, source) if source.is_dir() else [_frame_job(args, source)]
-    refuse_existing([path for job in jobs for path in job.outputs.paths], args.overwrite)
+    inputs = [path for job in jobs for path in job.inputs]
+    check_outputs([path for job in jobs for path in job.outputs.paths],
+                  overwrite=args.overwrite, inputs=inputs)
     ensemble = load_ensemble(args)
     for job in jobs:
         bar = ProgressBar(f"segment {job.case.name}", not args.quiet, unit="slice")
@@ -59,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             prediction = ensemble.predict(job.case, progress=bar)
         finally:
             bar.close()
-        _write_prediction(prediction, job.outputs, job.reference, args.overwrite)
+        _write_prediction(prediction, job.outputs, job.reference, args.overwrite, inputs)
         print(_result_line(job.case, prediction, job.outputs.labels))
     return 0
 
@@ -77,9 +85,29 @@ def _patient_jobs(args: argparse.Namespace, folder: Path) -> list[Job]:
     from CardiacEnsembleLib.io.outputs import frame_output
 
     patient = PatientFolder.open(folder)
+    inputs = patient_inputs(patient)
     return [Job(case, _outputs(args, frame_output(args.output, patient.patient_id, case.phase)),
-                patient.frame_path(case.phase))
+                patient.frame_path(case.phase), inputs)
             for case in (patient.load(phase) for phase in PHASES)]
+
+
+def patient_inputs(patient: PatientFolder) -> tuple[Path, ...]:
+    """Every file of a patient folder that a run reads: Info.cfg, the ED and ES frames and their
+    ground truth, the 4D cine (existing or not: none of them may be written by a run)."""
+    from CardiacEnsembleLib.io.acdc import PHASES
+
+    frames = [path for phase in PHASES
+              for path in (patient.frame_path(phase), patient.gt_path(phase))]
+    return (patient.folder / "Info.cfg", *frames, patient.cine_path)
+
+
+def frame_inputs(source: Path) -> tuple[Path, ...]:
+    """A frame, and the expert labels beside it where there are some (`X_gt.nii.gz` for
+    `X.nii.gz`): a label map written over them would pass for ground truth from then on."""
+    from CardiacEnsembleLib.io.outputs import with_tag
+
+    ground_truth = with_tag(source, "_gt")
+    return (source, ground_truth) if ground_truth.exists() else (source,)
 
 
 def _frame_job(args: argparse.Namespace, source: Path) -> Job:
@@ -88,26 +116,29 @@ def _frame_job(args: argparse.Namespace, source: Path) -> Job:
     from CardiacEnsembleLib.io import images
     from CardiacEnsembleLib.io.outputs import image_stem
 
+    if images.image_suffix(args.output) not in images.WRITABLE_SUFFIXES or \
+            os.path.isdir(args.output):  # not Path.is_dir: it raises on a name too long
+        raise CaseError(f"{args.output}: for a single image, --output must be a file name "
+                        f"ending in .nii.gz, .nii or .nrrd")
     image, geometry = images.read_image(source, allow_4d=args.frame is not None)
     if args.frame is not None:
         if image.ndim != 4 or not 1 <= args.frame <= image.shape[0]:
             raise CaseError(f"{source}: --frame {args.frame} needs a 4D cine with at least "
                             f"that many frames (shape {image.shape})")
         image = image[args.frame - 1]
-    if args.output.suffix == "" or args.output.is_dir():
-        raise CaseError(f"{args.output}: for a single image, --output must be a file name "
-                        f"ending in .nii.gz, .nii or .nrrd")
     case = Case(image=image, geometry=geometry, patient_id=image_stem(source), source=str(source))
     reference = source if images.image_suffix(source) in images.NIFTI_SUFFIXES else None
-    return Job(case, _outputs(args, args.output), reference)
+    return Job(case, _outputs(args, args.output), reference, frame_inputs(source))
 
 
-def _write_prediction(prediction, outputs, reference, overwrite: bool) -> None:
-    """The label map, then the uncertainty and probability maps asked for, on the input's grid."""
+def _write_prediction(prediction, outputs, reference, overwrite: bool, inputs) -> None:
+    """The label map, then the uncertainty and probability maps asked for, on the input's grid;
+    none of them over one of the run's `inputs`."""
     from CardiacEnsembleLib.io.images import write_image
 
     def write(path: Path, array) -> None:
-        write_image(path, array, prediction.geometry, overwrite=overwrite, reference=reference)
+        write_image(path, array, prediction.geometry, overwrite=overwrite, reference=reference,
+                    protected=inputs)
 
     write(outputs.labels, prediction.labels)
     if outputs.uncertainty is not None:
@@ -134,12 +165,13 @@ def _result_line(case, prediction, written: Path) -> str:
 def run_cine(args: argparse.Namespace, source: Path) -> int:
     """All frames of a 4D cine -> 4D label map, volume-time curve (CSV + PNG), ED/ES check."""
     from CardiacEnsembleLib.inference.cine import segment_cine, write_volume_curve
+    from CardiacEnsembleLib.io.atomic import check_outputs
     from CardiacEnsembleLib.io.images import write_image
     from CardiacEnsembleLib.io.outputs import CineOutputs
 
-    cine, geometry, reference, stem, info_frames = _read_cine(source)
+    cine, geometry, reference, stem, info_frames, inputs = _read_cine(source)
     outputs = CineOutputs.in_folder(args.output, stem)
-    refuse_existing(outputs.paths, args.overwrite)
+    check_outputs(outputs.paths, overwrite=args.overwrite, inputs=inputs)
     ensemble = load_ensemble(args)
     bar = ProgressBar(f"cine {stem} ({cine.shape[0]} frames)", not args.quiet)
     try:
@@ -148,8 +180,9 @@ def run_cine(args: argparse.Namespace, source: Path) -> int:
     finally:
         bar.close()
     write_image(outputs.labels, result.labels, geometry, overwrite=args.overwrite,
-                reference=reference)
-    write_volume_curve(result, outputs.curve_csv, outputs.curve_png, info_frames, title=stem)
+                reference=reference, protected=inputs)
+    write_volume_curve(result, outputs.curve_csv, outputs.curve_png, info_frames, title=stem,
+                       overwrite=args.overwrite, protected=inputs)
     line = (f"{stem}: {cine.shape[0]} frames in {result.seconds:.2f} s | ED/ES from the curve: "
             f"{result.ed_frame}/{result.es_frame}")
     if info_frames:
@@ -159,8 +192,8 @@ def run_cine(args: argparse.Namespace, source: Path) -> int:
 
 
 def _read_cine(source: Path) -> tuple:
-    """(cine, geometry, reference image, name stem, Info.cfg's (ED, ES) or None) of a patient
-    folder's 4D cine or of a 4D image file."""
+    """(cine, geometry, reference image, name stem, Info.cfg's (ED, ES) or None, the input files)
+    of a patient folder's 4D cine or of a 4D image file."""
     from CardiacEnsembleLib.io import images
     from CardiacEnsembleLib.io.acdc import PatientFolder
     from CardiacEnsembleLib.io.outputs import image_stem
@@ -169,9 +202,10 @@ def _read_cine(source: Path) -> tuple:
         patient = PatientFolder.open(source)
         cine, geometry = patient.load_cine()
         info_frames = (patient.info.ed, patient.info.es)
-        return cine, geometry, patient.cine_path, patient.patient_id, info_frames
+        return (cine, geometry, patient.cine_path, patient.patient_id, info_frames,
+                patient_inputs(patient))
     cine, geometry = images.read_image(source, allow_4d=True)
     if cine.ndim != 4:
         raise CaseError(f"{source}: --cine needs a 4D image, got shape {cine.shape}")
     reference = source if images.image_suffix(source) in images.NIFTI_SUFFIXES else None
-    return cine, geometry, reference, image_stem(source), None
+    return cine, geometry, reference, image_stem(source), None, (source,)
