@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from CardiacEnsembleLib.core.case import Case
-from CardiacEnsembleLib.core.manifest import MANIFEST_FILE, write_json
+from CardiacEnsembleLib.core.manifest import MANIFEST_FILE, MEMBER_FILES, sha256_of, write_json
 from CardiacEnsembleLib.inference.members import (WEIGHTS_FILE, Member, MemberError, load_member,
                                                   save_member, verify_member)
 from CardiacEnsembleDev.training.training import load_split_cases, validation_dice
@@ -75,8 +75,9 @@ def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, na
                    note: str = "", description: str = "") -> Path:
     """Describe the members in `models_dir` as data (the model zoo's manifest.json).
 
-    Each entry records the folder, sha256 and size of its weights, so a swapped file is caught
-    before loading; `load_ensemble` checks them.
+    Each entry records the folder, the size of its weights and the sha256 of every file that
+    decides the member's output (`MEMBER_FILES`: weights, spec, config), so a swapped weights
+    file or an edited preprocessing is caught before loading; `load_ensemble` checks them.
     """
     models_dir = Path(models_dir)
     entries = []
@@ -86,7 +87,7 @@ def write_manifest(models_dir: Path | str, member_folders: Sequence[Path], *, na
         entries.append({"name": spec.name, "folder": folder.relative_to(models_dir).as_posix(),
                         "arch": spec.arch, "encoder": spec.encoder,
                         "context_slices": spec.context_slices, "version": spec.version,
-                        "sha256": spec.weights_sha256,
+                        **{key: sha256_of(folder / file) for key, file in MEMBER_FILES.items()},
                         "size_bytes": (folder / WEIGHTS_FILE).stat().st_size,
                         "validation": spec.metrics.get("validation_dice"),
                         "download_url": None})

@@ -59,14 +59,15 @@ RECIPES: dict[str, dict] = {
 
 
 def recipe_spec(name: str, version: str = "0", member_name: str = "") -> MemberSpec:
-    """A fresh spec for a named recipe (raises KeyError listing the known names).
+    """A fresh spec for a named recipe (an unknown name raises ValueError listing the known
+    ones: the command line prints it as one line, exit status 2).
 
     The member is named after its recipe unless `member_name` says otherwise: two members of one
     recipe trained from different seeds (a deep ensemble's independent draws) need two names
     to sit in one ensemble.
     """
     if name not in RECIPES:
-        raise KeyError(f"unknown member recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise ValueError(f"unknown member recipe {name!r}; known: {', '.join(RECIPES)}")
     if member_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", member_name):
         raise ValueError(f"member name {member_name!r}: use letters, digits, '.', '_' and '-' "
                          "only (it names folders and archives)")

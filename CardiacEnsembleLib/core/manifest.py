@@ -1,14 +1,23 @@
 """The ensemble's manifest (`models/manifest.json`) as a typed record, read in one place.
 
-The manifest is data: which members, their sha256, the fusion rule, the member weights and the
-clean-up chosen on validation, and what the release measured. Nothing here imports torch, so
-the Slicer module reads the member list and the shipped rule before torch is installed.
+The manifest is data: which members, the sha256 of each member's files, the fusion rule, the
+member weights and the clean-up chosen on validation, and what the release measured. Nothing
+here imports torch, so the Slicer module reads the member list and the shipped rule before
+torch is installed.
+
+Every file of a member folder that decides what the member outputs is hashed in the manifest
+(`MEMBER_FILES`): the weights, but also the spec (its preprocessing: a spacing edited from 1.5
+to 3.0 mm takes RV Dice from 0.93 to 0.54 with the same weights) and smp's config (an
+activation or an interpolation mode changes the output without changing a weight's shape).
+The hashes are required, and the rule and weights are checked here, so a manifest that cannot
+give the result it promises is refused when it is read, before any network runs.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -16,12 +25,21 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import MemberError
-from .labels import NUM_CLASSES
+from .labels import LABEL_NAMES, NUM_CLASSES
 from .options import FusionRule, check_steps
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"  # a member folder's weights (safetensors)
+SPEC_FILE = "member.json"  # a member folder's spec: preprocessing, labels, training record
+CONFIG_FILE = "config.json"  # smp's description of the network (save_pretrained)
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+#: A manifest member entry's key -> the member file whose sha256 it holds.
+MEMBER_FILES: dict[str, str] = {"sha256": WEIGHTS_FILE, "spec_sha256": SPEC_FILE,
+                                "config_sha256": CONFIG_FILE}
+#: What to do about a manifest that lacks a member's hashes.
+RESHIP_HINT = ("re-ship the models with `cardiac-ensemble ship` (or "
+               "CardiacEnsembleDev.release.ship.write_manifest), which records them")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -53,17 +71,20 @@ class WeightTable:
         missing = [n for n in names if n not in weights]
         if missing:
             raise MemberError(f"{where}: no fusion weight for member(s) {missing}")
-        rows = []
-        for name in names:
-            value = weights[name]
-            row = [float(v) for v in value] if isinstance(value, (list, tuple)) \
-                else [float(value)] * NUM_CLASSES
-            if len(row) != NUM_CLASSES or not all(math.isfinite(v) and v >= 0 for v in row):
-                raise MemberError(f"{where}: fusion weight of {name!r} is {value!r}; expected a "
-                                  f"non-negative number or {NUM_CLASSES} (one per class, "
-                                  f"background first)")
-            rows.append(row)
-        return cls(tuple(names), np.array(rows))
+        return cls(tuple(names), np.array([_weight_row(weights[n], n, where) for n in names]))
+
+    def check_usable(self, where: str = "manifest") -> None:
+        """Refuse weights the weighted rule cannot fuse with: a class that every member weighs
+        0 could never be labelled (and fusion would stop on it after the networks ran)."""
+        zero = [LABEL_NAMES[c] for c in range(self.table.shape[1])
+                if not np.any(self.table[:, c] > 0)]
+        if len(zero) == self.table.shape[1]:
+            raise MemberError(f"{where}: every fusion weight of members {list(self.names)} is "
+                              f"0; expected at least one positive weight per class")
+        if zero:
+            raise MemberError(f"{where}: no member of {list(self.names)} has a positive fusion "
+                              f"weight for {', '.join(zero)}; the weighted rule could never "
+                              f"label it (choose members that weigh it, or another fusion rule)")
 
     def to_json(self, digits: Optional[int] = None) -> dict[str, Any]:
         """The manifest's form: a number where a member weighs every class alike."""
@@ -92,13 +113,28 @@ class WeightTable:
         return f"{row[0]:.3f}" if np.all(row == row[0]) else "/".join(f"{w:.3f}" for w in row)
 
 
+def _weight_row(value: Any, name: str, where: str) -> list[float]:
+    """One member's weight as C numbers; a number stands for every class alike."""
+    number = (int, float)
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * NUM_CLASSES
+    if len(values) != NUM_CLASSES or not all(isinstance(v, number) and not isinstance(v, bool)
+                                             and math.isfinite(v) and v >= 0 for v in values):
+        raise MemberError(f"{where}: fusion weight of {name!r} is {value!r}; expected a "
+                          f"non-negative number or {NUM_CLASSES} (one per class, "
+                          f"background first)")
+    return [float(v) for v in values]
+
+
 @dataclass(frozen=True)
 class ManifestMember:
-    """One member entry: where its folder is and what its weights must hash to."""
+    """One member entry: where its folder is and what its files must hash to (`MEMBER_FILES`:
+    weights, spec and config, each required)."""
 
     name: str
     folder: str
     sha256: str = ""
+    spec_sha256: str = ""
+    config_sha256: str = ""
     arch: str = ""
     encoder: str = ""
     context_slices: int = 0
@@ -154,23 +190,40 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_member_files(manifest: Manifest, entry: ManifestMember,
+                       files: Sequence[str] = tuple(MEMBER_FILES)) -> None:
+    """Refuse a member whose files are not the ones the manifest names (swapped, truncated or
+    retrained weights, an edited spec or config), without loading them: hashing needs no torch.
+
+    `files`: the entry's keys to check (default all of `MEMBER_FILES`)."""
+    folder = manifest.models_dir / entry.folder
+    for key in files:
+        path = folder / MEMBER_FILES[key]
+        if not path.is_file():
+            raise MemberError(f"{folder}: missing {path.name}")
+        expected, actual = getattr(entry, key), sha256_of(path)
+        if actual != expected:
+            raise MemberError(f"{path}: sha256 {actual[:12]}... does not match {manifest.path} "
+                              f"({expected[:12]}...): the {_WHAT[key]} not the one the manifest "
+                              f"names; restore the shipped file, or re-ship the models")
+
+
+_WHAT = {"sha256": "weights are", "spec_sha256": "member spec (preprocessing, labels) is",
+         "config_sha256": "network config is"}
+
+
 def check_member_weights(manifest: Manifest, entry: ManifestMember) -> None:
-    """Refuse a member whose weights are not the ones the manifest names (a swapped, truncated
-    or retrained file), without loading them: hashing needs no torch."""
-    weights = manifest.models_dir / entry.folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise MemberError(f"{weights.parent}: missing {WEIGHTS_FILE}")
-    if not entry.sha256:
-        return
-    actual = sha256_of(weights)
-    if actual != entry.sha256:
-        raise MemberError(f"{weights}: sha256 {actual[:12]}... does not match {manifest.path} "
-                          f"({entry.sha256[:12]}...): the weights are not the ones the manifest "
-                          f"names")
+    """`check_member_files` for the weights only."""
+    check_member_files(manifest, entry, ("sha256",))
 
 
 def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
-    """Read and check a models folder's manifest; every problem names the file."""
+    """Read and check a models folder's manifest; every problem names the file.
+
+    Checked here, so that every reader (the CLI, the Slicer panel, `load_ensemble`) refuses the
+    same manifests before any work: the member entries and their hashes, the fusion rule, the
+    clean-up steps and the weights (their form, and that the weighted rule has some).
+    """
     models_dir = Path(models_dir)
     path = models_dir / MANIFEST_FILE
     if not path.is_file():
@@ -181,23 +234,67 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
         raise MemberError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(raw, dict) or not raw.get("members"):
         raise MemberError(f"{path}: lists no members")
-    known = set(ManifestMember.__dataclass_fields__)
-    try:
-        members = [ManifestMember(**{k: v for k, v in entry.items() if k in known})
-                   for entry in raw["members"]]
-    except TypeError as error:
-        raise MemberError(f"{path}: a member entry lacks a name or folder ({error})") from None
-    names = [m.name for m in members]
-    weights = raw.get("weights") or {}
+    members = _member_entries(raw["members"], path)
     try:
         fusion = FusionRule.parse(raw.get("fusion", "mean"), "fusion rule")
-        steps = check_steps(raw.get("postprocess") or ())
+        steps = check_steps(_as_list_of_names(raw.get("postprocess") or (), "postprocess"))
     except ValueError as error:
         raise MemberError(f"{path}: {error}") from None
-    table = WeightTable.from_json(weights, [n for n in names if n in weights], str(path)) \
-        if weights else None
+    table = _weight_table(raw.get("weights") or {}, [m.name for m in members], path)
+    if fusion is FusionRule.WEIGHTED and table is None:
+        raise MemberError(f"{path}: fusion rule 'weighted' needs fusion weights, and the "
+                          f"manifest gives none; add \"weights\" or choose another rule")
     return Manifest(models_dir, raw.get("name", ""), str(raw.get("version", "")), members,
                     fusion, table, steps, raw.get("note", ""), raw.get("description", ""), raw)
+
+
+def _member_entries(entries: Any, path: Path) -> list[ManifestMember]:
+    """The member entries, each with a name, a folder inside the models folder and the sha256
+    of every file in `MEMBER_FILES`."""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise MemberError(f"{path}: \"members\" must be a list of objects (name, folder, "
+                          f"hashes), not {entries!r:.80}")
+    known = set(ManifestMember.__dataclass_fields__)
+    members = []
+    for entry in entries:
+        name, folder = entry.get("name"), entry.get("folder")
+        if not isinstance(name, str) or not name or not isinstance(folder, str) or not folder:
+            raise MemberError(f"{path}: a member entry lacks a name or folder ({entry!r:.80})")
+        if Path(folder).is_absolute() or ".." in Path(folder).parts:
+            raise MemberError(f"{path}: member {name!r} has folder {folder!r}; expected a folder "
+                              f"inside {path.parent}")
+        for key, file in MEMBER_FILES.items():
+            if not _SHA256.fullmatch(str(entry.get(key) or "")):
+                raise MemberError(f"{path}: member {name!r} records no valid {key!r} (the "
+                                  f"sha256 of its {file}: {entry.get(key)!r}); {RESHIP_HINT}")
+        members.append(ManifestMember(**{k: v for k, v in entry.items() if k in known}))
+    names = [m.name for m in members]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise MemberError(f"{path}: member name(s) {twice} appear more than once")
+    return members
+
+
+def _as_list_of_names(value: Any, key: str) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{key!r} must be a list of step names, not {value!r}")
+    return list(value)
+
+
+def _weight_table(weights: Any, names: Sequence[str], path: Path) -> Optional[WeightTable]:
+    """The manifest's weights as a table over every member (none: None), checked usable."""
+    if not isinstance(weights, dict):
+        raise MemberError(f"{path}: \"weights\" must be an object {{member: number or "
+                          f"[{NUM_CLASSES} numbers]}}, not {weights!r:.80}")
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(names))
+    if unknown:
+        raise MemberError(f"{path}: fusion weights for member(s) {unknown} that the manifest "
+                          f"does not list; its members are {list(names)}")
+    table = WeightTable.from_json(weights, names, str(path))
+    table.check_usable(str(path))
+    return table
 
 
 def update_manifest(models_dir: Path | str, updates: dict) -> Path:

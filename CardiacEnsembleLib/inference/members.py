@@ -5,12 +5,18 @@ On disk a member is a folder: smp's `save_pretrained` output (`config.json`,
 names, preprocessing, how it was trained (data, split, patients), its metrics, and the sha256
 of the weights. Never a pickled Python object: a folder can be inspected, verified and loaded by
 any smp version that knows the architecture.
+
+A spec is checked when it is read, naming the file, the key and the value: the labels must be
+the package's (`core.labels`: a member trained on another label order would paint the LV as
+RV), and every number the preprocessing divides or tiles by must be positive (a spacing of 0
+would make an empty or enormous grid only after the volume was read).
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +26,10 @@ import torch
 
 from CardiacEnsembleLib.core.errors import MemberError, OutputExistsError
 from CardiacEnsembleLib.core.labels import LABEL_NAMES, NUM_CLASSES
-from CardiacEnsembleLib.core.manifest import WEIGHTS_FILE, sha256_of  # noqa: F401
+from CardiacEnsembleLib.core.manifest import (CONFIG_FILE, SPEC_FILE,  # noqa: F401
+                                              WEIGHTS_FILE, sha256_of)
 from CardiacEnsembleLib.inference.preprocess import PreprocessSpec
 
-SPEC_FILE = "member.json"
-CONFIG_FILE = "config.json"
 SPEC_VERSION = 1
 
 
@@ -59,6 +64,9 @@ class MemberSpec:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "member spec") -> "MemberSpec":
+        if not isinstance(data, dict):
+            raise MemberError(f"{where}: expected a JSON object (the member spec), not "
+                              f"{type(data).__name__}")
         missing = [key for key in ("name", "arch", "encoder") if key not in data]
         if missing:
             raise MemberError(f"{where}: missing field(s) {', '.join(missing)}")
@@ -67,11 +75,73 @@ class MemberSpec:
         if unknown:
             raise MemberError(f"{where}: unknown field(s) {', '.join(unknown)}")
         values = dict(data)
-        values["preprocess"] = PreprocessSpec.from_dict(data.get("preprocess", {}))
+        values["preprocess"] = _checked_preprocess(data.get("preprocess", {}), where)
         context = values.get("context_slices", 0)
-        if not isinstance(context, int) or isinstance(context, bool) or not 0 <= context <= 3:
+        if not _is_int(context) or not 0 <= context <= 3:
             raise MemberError(f"{where}: context_slices must be an integer 0..3, not {context!r}")
+        _check_labels(values, where)
+        _check_model_kwargs(values.get("model_kwargs", {}), where)
         return cls(**values)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _check_labels(values: dict, where: str) -> None:
+    """The member's classes and label names must be the package's, in the package's order."""
+    classes = values.get("classes", NUM_CLASSES)
+    if classes != NUM_CLASSES or not _is_int(classes):
+        raise MemberError(f"{where}: classes is {classes!r}; expected {NUM_CLASSES} (the ACDC "
+                          f"labels {list(LABEL_NAMES)})")
+    names = values.get("label_names", list(LABEL_NAMES))
+    if not isinstance(names, (list, tuple)) or list(names) != list(LABEL_NAMES):
+        raise MemberError(f"{where}: label_names is {names!r}; expected {list(LABEL_NAMES)} "
+                          f"(the package's labels, in label order)")
+
+
+def _check_model_kwargs(kwargs: Any, where: str) -> None:
+    """Channel counts must be positive integers (smp would fail late, or build nonsense)."""
+    if not isinstance(kwargs, dict):
+        raise MemberError(f"{where}: model_kwargs is {kwargs!r}; expected an object")
+    for key, value in kwargs.items():
+        if "channels" not in key:
+            continue
+        counts = value if isinstance(value, (list, tuple)) else [value]
+        if not counts or not all(_is_int(n) and n > 0 for n in counts):
+            raise MemberError(f"{where}: model_kwargs.{key} is {value!r}; expected positive "
+                              f"integers")
+
+
+def _checked_preprocess(data: Any, where: str) -> PreprocessSpec:
+    """The spec's preprocessing, each value checked: a zero or a typo is refused here, naming
+    the key, not found out as an empty map (or a failure) after the image was read."""
+    if not isinstance(data, dict):
+        raise MemberError(f"{where}: preprocess is {data!r}; expected an object")
+    known = set(PreprocessSpec.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise MemberError(f"{where}: unknown preprocess field(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(known))}")
+    spacing = data.get("spacing_mm", PreprocessSpec.spacing_mm)
+    if spacing is not None and not (_is_number(spacing) and spacing > 0):
+        raise MemberError(f"{where}: preprocess.spacing_mm is {spacing!r}; expected a positive "
+                          f"number of mm (or null to keep the image's own spacing)")
+    clip = data.get("clip_percentiles", PreprocessSpec.clip_percentiles)
+    if not (isinstance(clip, (list, tuple)) and len(clip) == 2 and all(map(_is_number, clip))
+            and 0 <= clip[0] < clip[1] <= 100):
+        raise MemberError(f"{where}: preprocess.clip_percentiles is {clip!r}; expected two "
+                          f"percentiles [low, high] with 0 <= low < high <= 100")
+    multiple = data.get("size_multiple", PreprocessSpec.size_multiple)
+    if not (_is_int(multiple) and multiple > 0):
+        raise MemberError(f"{where}: preprocess.size_multiple is {multiple!r}; expected a "
+                          f"positive integer (the network input's sides are multiples of it)")
+    return PreprocessSpec.from_dict(data)
 
 
 def create_network(spec: MemberSpec) -> torch.nn.Module:
@@ -129,9 +199,9 @@ def read_spec(folder: Path | str) -> MemberSpec:
     if not path.is_file():
         raise MemberError(f"{folder}: not a member folder (no {SPEC_FILE})")
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MemberError(f"{path}: not valid JSON ({error})") from error
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemberError(f"{path}: not valid JSON ({error})") from None
     return MemberSpec.from_dict(data, where=str(path))
 
 
@@ -150,25 +220,32 @@ def verify_member(folder: Path | str) -> MemberSpec:
         raise MemberError(f"{folder / WEIGHTS_FILE}: sha256 {actual[:12]}... does not match "
                           f"{SPEC_FILE} ({spec.weights_sha256[:12] or 'empty'}...): the weights "
                           f"are not the ones this spec describes")
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemberError(f"{folder / CONFIG_FILE}: not valid JSON ({error})") from None
     expected = {"_model_class": spec.arch, "encoder_name": spec.encoder, "classes": spec.classes,
                 "in_channels": spec.in_channels}
     wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
     if wrong:
         details = ", ".join(f"{k}: config {a!r} vs spec {b!r}" for k, (a, b) in wrong.items())
         raise MemberError(f"{folder / CONFIG_FILE}: does not match {SPEC_FILE} ({details})")
-    if len(spec.label_names) != spec.classes:
-        raise MemberError(f"{folder / SPEC_FILE}: {len(spec.label_names)} label names for "
-                          f"{spec.classes} classes")
     return spec
 
 
 def load_member(folder: Path | str, device: str | torch.device = "cpu") -> Member:
     """Verify, then load a member for inference (eval mode, float32 weights on `device`)."""
+    folder = Path(folder)
+    return load_verified(folder, verify_member(folder), device)
+
+
+def load_verified(folder: Path | str, spec: MemberSpec,
+                  device: str | torch.device = "cpu") -> Member:
+    """Load the network of a member folder that `verify_member` accepted with `spec`; for a
+    caller that verifies every member before loading any (`load_ensemble`)."""
     import segmentation_models_pytorch as smp
 
     folder = Path(folder)
-    spec = verify_member(folder)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints a banner
             network = smp.from_pretrained(str(folder))

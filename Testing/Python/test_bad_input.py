@@ -346,6 +346,12 @@ def another_architectures_weights(member: Path) -> None:
     spec = json.loads((member / "member.json").read_text())
     spec["weights_sha256"] = sha256_of(member / "model.safetensors")
     (member / "member.json").write_text(json.dumps(spec, indent=1))
+    manifest = json.loads((member.parent / "manifest.json").read_text())
+    for entry in manifest["members"]:
+        if entry["folder"] == member.name:  # and the manifest's hashes too
+            entry["sha256"] = spec["weights_sha256"]
+            entry["spec_sha256"] = sha256_of(member / "member.json")
+    (member.parent / "manifest.json").write_text(json.dumps(manifest, indent=1))
     verify_member(member)  # the sha256 now matches: only loading can tell
 
 
