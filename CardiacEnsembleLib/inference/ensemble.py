@@ -21,15 +21,18 @@ import torch
 from CardiacEnsembleLib.core.case import Case, MemberOutput, Prediction
 from CardiacEnsembleLib.core.errors import MemberError
 from CardiacEnsembleLib.core.manifest import (DEFAULT_MODELS_DIR, MANIFEST_FILE,  # noqa: F401
-                                              WeightTable, read_manifest)
+                                              Manifest, WeightTable, check_member_files,
+                                              read_manifest)
 from CardiacEnsembleLib.core.options import FusionRule, Method
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
 from CardiacEnsembleLib.inference.fusion import FusionResult, fuse
-from CardiacEnsembleLib.inference.members import Member, load_member
+from CardiacEnsembleLib.inference.members import (Member, MemberSpec, load_member,  # noqa: F401
+                                                  load_verified, verify_member)
 from CardiacEnsembleLib.inference.postprocess import apply_steps, check_steps, lone_member_steps
-from CardiacEnsembleLib.inference.preprocess import PreprocessSpec, prepare_slices
+from CardiacEnsembleLib.inference.preprocess import PreprocessSpec, check_volume, prepare_slices
 from CardiacEnsembleLib.inference.runner import (add_stage, optimize_for_inference, pick_device,
                                                  run_on_volume)
+from CardiacEnsembleLib.inference.sanity import check_intensities, prediction_warnings
 
 
 def fuse_and_clean(rule: str, member_probs: torch.Tensor, weights: Optional[WeightTable] = None,
@@ -70,6 +73,7 @@ class Ensemble:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     description: str = ""
     postprocess: tuple[str, ...] = ()  # steps of `postprocess.POSTPROCESS_STEPS` after fusion
+    max_memory_gb: Optional[float] = None  # None: `core.limits`' default or its variable
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -152,7 +156,8 @@ class Ensemble:
             started = time.perf_counter()
             spec = member.spec.preprocess
             if spec not in prepared:
-                prepared[spec] = prepare_slices(volume, spacing_zyx, spec)
+                prepared[spec] = prepare_slices(volume, spacing_zyx, spec,
+                                                max_memory_gb=self.max_memory_gb)
                 add_stage(timings, "preprocess", started, self.device)
             slices, grid = prepared[spec]
 
@@ -180,6 +185,7 @@ class Ensemble:
         if active is not self:
             return active.predict(case, progress=progress, cancel=cancel, fusion=rule,
                                   keep_member_probabilities=keep_member_probabilities)
+        self.check_input(case)
         started = time.perf_counter()
         timings: dict[str, float] = {}
         member_probs, seconds = self.member_probabilities(case, progress, cancel, timings)
@@ -187,6 +193,14 @@ class Ensemble:
                                keep_member_probabilities, timings)
         prediction.timings["total"] = time.perf_counter() - started
         return prediction
+
+    def check_input(self, case: Case) -> None:
+        """Refuse, naming the case's file, what no network should see: an implausible spacing,
+        a resampled volume over the memory limit, an image without finite contrast."""
+        where = case.source or case.name
+        for spec in {member.spec.preprocess for member in self.members}:
+            check_volume(case.image.shape, case.spacing_zyx, spec, where, self.max_memory_gb)
+        check_intensities(case.image, where)
 
     def fuse(self, case: Case, member_probs: torch.Tensor, seconds: Sequence[float],
              rule: str, keep_member_probabilities: bool = False,
@@ -215,7 +229,8 @@ class Ensemble:
                           geometry=case.geometry,
                           fusion=rule + Method.ensemble(rule, steps).suffix,
                           device=str(self.device),
-                          timings=timings, case_name=case.name)
+                          timings=timings, case_name=case.name,
+                          warnings=prediction_warnings(case, labels))
 
 
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
@@ -224,28 +239,60 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
                   postprocess: Optional[Sequence[str]] = None) -> Ensemble:
     """Load the ensemble a manifest describes (by default the one shipped with the package).
 
-    Every member is verified (sha256 against the manifest and its own spec) before loading;
-    `optimize` folds BatchNorm into the convolutions (`inference.optimize_for_inference`).
+    Everything is checked before the first network is built, so a bad models folder costs
+    nothing: the manifest (`read_manifest`: entries, hashes, rule, steps, weights), the rule
+    and weights for the members asked for, and every member's files (its spec, its weights
+    against the spec, both against the manifest, its config). `optimize` folds BatchNorm into
+    the convolutions (`inference.optimize_for_inference`).
     """
     manifest = read_manifest(models_dir)
+    entries = _chosen_entries(manifest, members)
+    rule = FusionRule.parse(fusion or manifest.fusion.value, "fusion rule").value
+    steps = check_steps(manifest.postprocess if postprocess is None else postprocess)
+    weights = _chosen_weights(manifest, [e.name for e in entries], rule)
+    specs = [_verified_spec(manifest, entry) for entry in entries]
     torch_device = pick_device(device)
-    entries = manifest.members
-    if members is not None:
-        unknown = [n for n in members if n not in manifest.names]
-        if unknown:
-            raise MemberError(f"{manifest.path}: no member(s) named {unknown}; "
-                              f"available: {sorted(manifest.names)}")
-        entries = [manifest.member(n) for n in members]
     loaded = []
-    for entry in entries:
-        member = load_member(manifest.models_dir / entry.folder, torch_device)
-        if entry.sha256 and entry.sha256 != member.spec.weights_sha256:
-            raise MemberError(f"{manifest.path}: sha256 of member "
-                              f"{entry.name!r} differs from its folder's spec")
+    for entry, spec in zip(entries, specs):
+        member = load_verified(manifest.models_dir / entry.folder, spec, torch_device)
         if optimize:
             optimize_for_inference(member.network)
         loaded.append(member)
-    rule = fusion or manifest.fusion.value
-    steps = manifest.postprocess if postprocess is None else postprocess
-    return Ensemble(loaded, rule, manifest.weights_for([m.name for m in loaded]), tta,
-                    torch_device, manifest.description, steps)
+    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.description, steps)
+
+
+def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:
+    if members is None:
+        return list(manifest.members)
+    unknown = [n for n in members if n not in manifest.names]
+    if unknown:
+        raise MemberError(f"{manifest.path}: no member(s) named {unknown}; "
+                          f"available: {sorted(manifest.names)}")
+    return [manifest.member(n) for n in members]
+
+
+def _chosen_weights(manifest: Manifest, names: Sequence[str],
+                    rule: str) -> Optional[WeightTable]:
+    """The weight rows of the chosen members; the weighted rule needs them, usable."""
+    weights = manifest.weights_for(names)
+    if rule == FusionRule.WEIGHTED:
+        if weights is None:
+            raise MemberError(f"{manifest.path}: fusion rule 'weighted' needs fusion weights, "
+                              f"and the manifest gives none; choose another --fusion")
+        weights.check_usable(str(manifest.path))
+    return weights
+
+
+def _verified_spec(manifest: Manifest, entry) -> "MemberSpec":
+    """A member's spec once its files are the ones the manifest names (no network loaded).
+
+    The member's own check comes first (weights against its spec), then the manifest's: a
+    consistent folder from another training run differs in its weights' sha256, an edited spec
+    (preprocessing, labels) in the spec's, an edited config in the config's.
+    """
+    spec = verify_member(manifest.models_dir / entry.folder)
+    if entry.sha256 != spec.weights_sha256:
+        raise MemberError(f"{manifest.path}: sha256 of member "
+                          f"{entry.name!r} differs from its folder's spec")
+    check_member_files(manifest, entry, ("spec_sha256", "config_sha256"))
+    return spec
