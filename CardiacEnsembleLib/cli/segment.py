@@ -149,7 +149,8 @@ def _write_prediction(prediction, outputs, reference, overwrite: bool, inputs) -
 
 
 def _result_line(case, prediction, written: Path) -> str:
-    """What was written, how long it took, and the Dice against ground truth where there is one."""
+    """What was written, how long it took, the Dice against ground truth where there is one,
+    and any warning the prediction carries (filled NaN voxels, an empty map)."""
     from CardiacEnsembleLib.evaluation.metrics import score_labels
 
     t = prediction.timings
@@ -159,6 +160,8 @@ def _result_line(case, prediction, written: Path) -> str:
         scores = score_labels(prediction.labels, case.labels, case.spacing_zyx)
         line += " | Dice vs ground truth " + " ".join(
             f"{name} {s.dice:.3f}" for name, s in scores.items())
+    for warning in prediction.warnings:  # also logged on stderr; here so stdout alone tells
+        line += " | WARNING " + warning.removeprefix(f"{case.source or case.name}: ")
     return line
 
 

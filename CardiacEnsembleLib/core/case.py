@@ -20,6 +20,15 @@ from .errors import CaseError  # noqa: F401  (raised here; defined with the othe
 from .labels import LABEL_NAMES, NUM_CLASSES, STRUCTURES  # noqa: F401
 from .options import Method
 
+#: Voxel sizes (mm) accepted for a cardiac short-axis cine frame. ACDC's 280 ED/ES frames span
+#: 0.70-1.92 mm in-plane and 5-10 mm between slices; cine MRI in general is acquired at about
+#: 1-2.5 mm in-plane and 5-10 mm slices (thinner for 3D acquisitions). The bounds leave room for
+#: high-resolution and coarse protocols while refusing what is no MRI of a heart: 1e-6 mm or
+#: 30 mm pixels resample a 200-pixel slice to almost nothing or to ~4000 x 4000 pixels, and
+#: either gives an all-background map.
+IN_PLANE_SPACING_MM = (0.3, 5.0)
+SLICE_SPACING_MM = (1.0, 30.0)
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -72,6 +81,18 @@ class Geometry:
         return bool(np.allclose(self.affine, other.affine, atol=atol, rtol=0.0))
 
 
+def check_cardiac_spacing(spacing_zyx, where: str) -> None:
+    """Refuse a voxel size no cardiac MRI has (`IN_PLANE_SPACING_MM`, `SLICE_SPACING_MM`),
+    before resampling turns it into an empty map or a huge allocation."""
+    sz, sy, sx = (float(value) for value in spacing_zyx)
+    for name, values, (low, high) in (("in-plane spacing", (sx, sy), IN_PLANE_SPACING_MM),
+                                      ("slice spacing", (sz,), SLICE_SPACING_MM)):
+        if not all(low <= value <= high for value in values):
+            shown = " x ".join(f"{value:.4g}" for value in values)
+            raise CaseError(f"{where}: {name} is implausible for cardiac MRI ({shown} mm); "
+                            f"expected {low:g}-{high:g} mm")
+
+
 @dataclass
 class Case:
     """One 3D cardiac frame (one phase of one patient), with what is known about it.
@@ -97,6 +118,7 @@ class Case:
                             f"{self.image.shape}")
         if min(self.image.shape) < 1:
             raise CaseError(f"{where}: image has an empty axis, shape {self.image.shape}")
+        check_cardiac_spacing(self.geometry.spacing_zyx, where)
         self.image = np.ascontiguousarray(self.image, dtype=np.float32)
         if self.labels is not None:
             self.labels = validate_labels(self.labels, self.image.shape, where)
@@ -160,6 +182,9 @@ class Prediction:
     device: str
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     case_name: str = ""
+    # what a reader of `labels` must know: filled non-finite voxels, an empty or near-empty map
+    # on an image with signal (`inference.sanity`); also logged as warnings
+    warnings: tuple[str, ...] = ()
 
     @property
     def method(self) -> Method:

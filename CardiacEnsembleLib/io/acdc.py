@@ -7,6 +7,8 @@ NbFrame, Weight), `patientNNN_frameXX.nii.gz` (XX = the 1-based ED/ES frame numb
 from __future__ import annotations
 
 import json
+import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from CardiacEnsembleLib.io.images import read_image
 
 PHASES = ("ED", "ES")
 _PATIENT_DIR = re.compile(r"^patient\d{3}$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,36 +36,91 @@ class PatientInfo:
     nb_frames: Optional[int]
 
 
+#: Body size accepted from Info.cfg; outside it a value is ignored with a warning (see
+#: `_body_size`). ACDC's 140 patients are 140-192 cm and 35-123 kg.
+HEIGHT_RANGE_CM = (0.0, 300.0)
+WEIGHT_RANGE_KG = (0.0, 500.0)
+
+
 def parse_info_cfg(path: Path) -> PatientInfo:
-    """Parse `key: value` lines; ED and ES are required, the rest optional."""
+    """Parse `key: value` lines; ED and ES are required, the rest optional.
+
+    Strict where a mistake would segment the wrong frames: ED, ES and NbFrame must be whole
+    numbers (`ED: 1.7` is a typo, not frame 1), ED and ES within 1..NbFrame, and a key given
+    twice is refused (which one did the author mean?). Height and Weight are only shown,
+    never used to segment, and clinical exports write 0 for "unknown": an absurd one is
+    dropped with a warning rather than blocking the patient.
+    """
+    values = _read_key_values(path)
+
+    def whole(key: str, required: bool = False) -> Optional[int]:
+        if key not in values:
+            if required:
+                raise CaseError(f"{path}: has no '{key}' entry; expected '{key}: <frame number>'")
+            return None
+        text = values[key]
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or not number.is_integer():
+            raise CaseError(f"{path}: '{key}' should be a whole number ({text!r}); expected "
+                            f"e.g. '{key}: 1'")
+        return int(number)
+
+    nb_frames = whole("NbFrame")
+    if nb_frames is not None and nb_frames < 1:
+        raise CaseError(f"{path}: NbFrame is not a frame count ({nb_frames}); expected 1 or more")
+    info = PatientInfo(ed=whole("ED", True), es=whole("ES", True), group=values.get("Group"),
+                       height_cm=_body_size(path, values, "Height", HEIGHT_RANGE_CM, "cm"),
+                       weight_kg=_body_size(path, values, "Weight", WEIGHT_RANGE_KG, "kg"),
+                       nb_frames=nb_frames)
+    for key, frame in (("ED", info.ed), ("ES", info.es)):
+        if frame < 1 or (info.nb_frames is not None and frame > info.nb_frames):
+            raise CaseError(f"{path}: {key} is outside the cine ({frame}); expected a frame in "
+                            f"1..{info.nb_frames if info.nb_frames is not None else 'NbFrame'}")
+    return info
+
+
+def _read_key_values(path: Path) -> dict[str, str]:
+    """The `key: value` lines of an Info.cfg, refusing non-UTF-8 text and repeated keys."""
     if not path.is_file():
         raise CaseError(f"{path.parent}: missing Info.cfg (needed for the ED/ES frame numbers)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CaseError(f"{path}: is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                        f"offset {error.start}); expected 'key: value' lines") from error
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         if ":" not in line:
             raise CaseError(f"{path}, line {number}: expected 'key: value', got {line!r}")
-        key, value = line.split(":", 1)
-        values[key.strip()] = value.strip()
+        key, value = (part.strip() for part in line.split(":", 1))
+        if key in values:
+            raise CaseError(f"{path}, line {number}: '{key}' is given twice ({values[key]!r}, "
+                            f"then {value!r}); expected it once")
+        values[key] = value
+    return values
 
-    def number(key: str, kind, required: bool = False):
-        if key not in values:
-            if required:
-                raise CaseError(f"{path}: has no '{key}' entry")
-            return None
-        try:
-            return kind(float(values[key])) if kind is int else kind(values[key])
-        except ValueError as error:
-            raise CaseError(f"{path}: '{key}' should be a number, got {values[key]!r}") from error
 
-    info = PatientInfo(ed=number("ED", int, True), es=number("ES", int, True),
-                       group=values.get("Group"), height_cm=number("Height", float),
-                       weight_kg=number("Weight", float), nb_frames=number("NbFrame", int))
-    for key, frame in (("ED", info.ed), ("ES", info.es)):
-        if frame < 1 or (info.nb_frames is not None and frame > info.nb_frames):
-            raise CaseError(f"{path}: {key} = {frame} is outside frames 1..{info.nb_frames}")
-    return info
+def _body_size(path: Path, values: dict[str, str], key: str, bounds: tuple[float, float],
+               unit: str) -> Optional[float]:
+    """Height or Weight as a number, or None (with a warning) when it is absurd."""
+    if key not in values:
+        return None
+    try:
+        number = float(values[key])
+    except ValueError as error:
+        raise CaseError(f"{path}: '{key}' should be a number ({values[key]!r}); expected e.g. "
+                        f"'{key}: 70.0'") from error
+    low, high = bounds
+    if not (math.isfinite(number) and low < number <= high):
+        log.warning("%s: '%s' is implausible (%s); expected more than %g and at most %g %s; "
+                    "ignored", path, key, values[key], low, high, unit)
+        return None
+    return number
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ file with the temporary's name.
 """
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -22,6 +24,7 @@ import SimpleITK as sitk
 from CardiacEnsembleLib.core.case import Geometry
 from CardiacEnsembleLib.core.errors import (CaseError, OutputExistsError,  # noqa: F401
                                             refuse_existing)
+from CardiacEnsembleLib.core.limits import check_memory
 from CardiacEnsembleLib.io.atomic import atomic_output
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -40,11 +43,17 @@ def image_suffix(path: Path | str) -> str:
     return ""
 
 
-def read_image(path: Path | str, *, allow_4d: bool = False) -> tuple[np.ndarray, Geometry]:
+def read_image(path: Path | str, *, allow_4d: bool = False,
+               max_memory_gb: Optional[float] = None) -> tuple[np.ndarray, Geometry]:
     """Read an image as ((Z, Y, X) or (T, Z, Y, X) array, Geometry of one 3D frame).
 
     A 4D file is refused unless `allow_4d`: a cine passed where one frame is expected is the
     most common mix-up with ACDC folders, and segmenting it as 3D would be silently wrong.
+
+    The header is checked before any voxel is read: its dimensions (a 2D image is not a stack
+    of slices), its pixel type (real scalars only) and the memory its declared size needs
+    (`core.limits`, `max_memory_gb`), so a small file whose header declares a huge image costs
+    nothing.
     """
     path = Path(path)
     suffix = image_suffix(path)
@@ -53,7 +62,8 @@ def read_image(path: Path | str, *, allow_4d: bool = False) -> tuple[np.ndarray,
     if not suffix:
         raise CaseError(f"{path}: not a NIfTI or NRRD image (expected one of "
                         f"{', '.join(NIFTI_SUFFIXES + ITK_SUFFIXES)})")
-    array, geometry = _read_nifti(path) if suffix in NIFTI_SUFFIXES else _read_itk(path)
+    array, geometry = _read_nifti(path, max_memory_gb) if suffix in NIFTI_SUFFIXES else \
+        _read_itk(path, max_memory_gb)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim == 4 and not allow_4d:
@@ -65,13 +75,20 @@ def read_image(path: Path | str, *, allow_4d: bool = False) -> tuple[np.ndarray,
     return array, geometry
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
+def _read_nifti(path: Path, max_memory_gb: Optional[float] = None
+                ) -> tuple[np.ndarray, Geometry]:
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path))  # the header only: nibabel reads voxels on demand
+        header = img.header
+        _check_declared_image(path, tuple(int(n) for n in header.get_data_shape()),
+                              header.get_data_dtype(), max_memory_gb)
+        _check_nifti_file_size(path, img)
+        _check_stored_spacing(path, type(header))
         data = np.asarray(img.dataobj)
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError) as error:
+        if isinstance(error, CaseError):
+            raise
         raise CaseError(f"{path}: cannot be read as NIfTI ({error})") from error
-    _check_stored_spacing(path, type(img.header))
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim > 4:
@@ -79,6 +96,81 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry]:
     # nibabel stores (x, y, z[, t]); the package uses (Z, Y, X) and (T, Z, Y, X).
     array = data.transpose(2, 1, 0) if data.ndim == 3 else data.transpose(3, 2, 1, 0)
     return np.ascontiguousarray(array), _checked_geometry(nifti_affine(img, path), path)
+
+
+#: Pixel types a case can be made of: real scalars (what MRI scanners and ACDC store).
+ACCEPTED_PIXEL_TYPES = "scalar integer or floating-point voxels (e.g. int16, uint8, float32)"
+
+
+def _check_declared_image(path: Path, shape_xyz: tuple[int, ...], dtype: np.dtype,
+                          max_memory_gb: Optional[float]) -> None:
+    """What a header declares, refused before its voxels are read.
+
+    Complex, RGB and other structured voxels have no single intensity to normalise; a 2D image
+    has no slices for a short-axis stack. Memory: the stored voxels plus the float32 copy a
+    Case holds, so the refusal comes before the allocation, not after the swap.
+    """
+    if len(shape_xyz) == 2:
+        raise CaseError(f"{path}: is a 2D image (shape {' x '.join(map(str, shape_xyz))}); a "
+                        f"short-axis stack of slices is expected")
+    if dtype.kind not in "iuf" or dtype.fields is not None:
+        raise CaseError(f"{path}: unsupported pixel type ({_dtype_name(dtype)}); expected "
+                        f"{ACCEPTED_PIXEL_TYPES}")
+    voxels = float(np.prod(np.asarray(shape_xyz, dtype=np.float64)))
+    check_memory(voxels * (dtype.itemsize + 4), str(path),
+                 f"reading the {' x '.join(map(str, shape_xyz))} voxels its header declares",
+                 max_memory_gb)
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    if dtype.fields is not None:
+        return f"{len(dtype.fields)}-channel {'/'.join(dtype.names)} colour"
+    return {"c": f"complex {dtype.name}", "b": "boolean"}.get(dtype.kind, dtype.name)
+
+
+#: Declared sizes above which a compressed NIfTI is measured before it is read (`_stored_bytes`):
+#: below it, allocating what the header says is harmless even if the file holds less.
+GZIP_CHECK_BYTES = 64 * 2**20
+
+
+def _check_nifti_file_size(path: Path, img) -> None:
+    """The file must hold the bytes its header declares, checked before the array is allocated.
+
+    An uncompressed .nii: its size on disk. A .nii.gz may legitimately be far smaller than its
+    data, so a large declared size is checked by decompressing the stream in chunks, counting
+    and discarding (constant memory, about a second per GB): a 1 MB file declaring 1.6 GB would
+    otherwise be allocated in full before the read fails. The data start where nibabel will read
+    them (`dataobj.offset`: a stored vox_offset of 0 means 352).
+    """
+    header = img.header
+    declared = int(img.dataobj.offset) + int(np.prod(header.get_data_shape())) * \
+        header.get_data_dtype().itemsize
+    if image_suffix(path) == ".nii":
+        actual = path.stat().st_size
+    elif declared > GZIP_CHECK_BYTES:
+        actual = _stored_bytes(path, declared)
+    else:
+        return
+    if actual < declared:
+        raise CaseError(f"{path}: file is truncated ({actual} bytes"
+                        f"{' uncompressed' if image_suffix(path) == '.nii.gz' else ''}); "
+                        f"expected the {declared} bytes its header declares")
+
+
+def _stored_bytes(path: Path, enough: int, chunk: int = 8 * 2**20) -> int:
+    """How many bytes the gzip file at `path` decompresses to, counting no further than
+    `enough`. A corrupt stream counts as what was readable before it."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            while total < enough:
+                block = stream.read(min(chunk, enough - total))
+                if not block:
+                    break
+                total += len(block)
+    except (OSError, EOFError, zlib.error):
+        pass
+    return total
 
 
 def _check_stored_spacing(path: Path, header_class) -> None:
@@ -119,20 +211,48 @@ def nifti_affine(img: nib.Nifti1Image, path: Path | str = "image") -> np.ndarray
     return fixed
 
 
-def _read_itk(path: Path) -> tuple[np.ndarray, Geometry]:
+def _read_itk(path: Path, max_memory_gb: Optional[float] = None
+              ) -> tuple[np.ndarray, Geometry]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only
+        _check_declared_itk(path, reader, max_memory_gb)
+        image = reader.Execute()
     except RuntimeError as error:
         raise CaseError(f"{path}: cannot be read by SimpleITK ({str(error).strip()[:200]})") \
             from error
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise CaseError(f"{path}: expected a scalar 3D image, got {image.GetDimension()}D with "
-                        f"{image.GetNumberOfComponentsPerPixel()} components")
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = direction * np.asarray(image.GetSpacing())[None, :]
     affine_lps[:3, 3] = image.GetOrigin()
     return sitk.GetArrayFromImage(image), _checked_geometry(_lps_to_ras(affine_lps), path)
+
+
+_ITK_SCALARS = {sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32,
+                sitk.sitkInt32, sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32,
+                sitk.sitkFloat64}
+
+
+def _check_declared_itk(path: Path, reader: sitk.ImageFileReader,
+                        max_memory_gb: Optional[float]) -> None:
+    """`_check_declared_image` for SimpleITK's header: dimension, pixel type, memory."""
+    size = tuple(int(n) for n in reader.GetSize())
+    if reader.GetDimension() == 2:
+        raise CaseError(f"{path}: is a 2D image (shape {' x '.join(map(str, size))}); a "
+                        f"short-axis stack of slices is expected")
+    pixel = reader.GetPixelID()
+    if pixel not in _ITK_SCALARS or reader.GetNumberOfComponents() != 1:
+        raise CaseError(f"{path}: unsupported pixel type ({sitk.GetPixelIDValueAsString(pixel)}, "
+                        f"{reader.GetNumberOfComponents()} component(s)); expected "
+                        f"{ACCEPTED_PIXEL_TYPES}")
+    if reader.GetDimension() != 3:
+        raise CaseError(f"{path}: expected a scalar 3D image, got {reader.GetDimension()}D "
+                        f"(shape {' x '.join(map(str, size))})")
+    itemsize = sitk.GetArrayFromImage(sitk.Image([1, 1, 1], pixel)).dtype.itemsize
+    check_memory(float(np.prod(np.asarray(size, dtype=np.float64))) * (itemsize + 4), str(path),
+                 f"reading the {' x '.join(map(str, size))} voxels its header declares",
+                 max_memory_gb)
 
 
 def _lps_to_ras(affine: np.ndarray) -> np.ndarray:

@@ -514,7 +514,6 @@ def test_read_only_commands_start_without_importing_torch(command, untrained_mod
     assert result.stdout.strip()
 
 
-
 def test_version_names_the_package_and_the_models_release(capsys):
     from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest
     from CardiacEnsembleLib.core.version import __version__
@@ -524,6 +523,7 @@ def test_version_names_the_package_and_the_models_release(capsys):
     assert stop.value.code == 0
     assert capsys.readouterr().out.strip() == (f"cardiac-ensemble {__version__} (models release "
                                                f"{read_manifest(DEFAULT_MODELS_DIR).version})")
+
 
 def test_the_runtime_never_imports_the_workbench_by_name():
     """The workbench's commands come through the entry point `cardiac_ensemble.commands`."""
