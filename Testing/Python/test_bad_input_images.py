@@ -286,9 +286,10 @@ def test_an_uncompressed_file_shorter_than_its_header_declares_is_refused(patien
 
 def test_a_compressed_file_declaring_more_than_it_holds_is_refused_without_allocating_it(
         patient, tmp_path):
-    """Within the memory limit but far beyond the file: 3000 x 3000 x 10 int16 is 180 MB, the
-    file holds 0.5 MB. Refused as truncated, and with under 50 MB traced (numpy reports its
-    allocations to tracemalloc): reading first would allocate all 180 MB, then fail."""
+    """Within the memory limit but far beyond the file: 3000 x 3000 x 10 voxels of patient090's
+    uint8 are 90 MB, the file holds 0.2 MB. Refused as truncated, and with under 50 MB traced
+    (numpy reports its allocations to tracemalloc): reading first would allocate all 90 MB,
+    then fail."""
     import tracemalloc
 
     path = header_bomb(patient, tmp_path / "bomb.nii.gz", (3000, 3000, 10))
@@ -297,7 +298,7 @@ def test_a_compressed_file_declaring_more_than_it_holds_is_refused_without_alloc
     try:
         with pytest.raises(CaseError, match=exactly(
                 f"{path}: file is truncated ({held} bytes uncompressed); expected the "
-                f"{352 + 3000 * 3000 * 10 * 2} bytes its header declares")):
+                f"{352 + 3000 * 3000 * 10} bytes its header declares")):
             read_image(path, max_memory_gb=100)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
