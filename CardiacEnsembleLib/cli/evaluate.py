@@ -70,9 +70,7 @@ def patients_to_score(args: argparse.Namespace, also_written: Sequence[Path] = (
 
 def evaluation_inputs(patients: Sequence) -> list[Path]:
     """Every file the evaluation of `patients` reads, which none of its outputs may be."""
-    from CardiacEnsembleLib.cli.segment import patient_inputs
-
-    return [path for patient in patients for path in patient_inputs(patient)]
+    return [path for patient in patients for path in patient.input_paths]
 
 
 def run_evaluation(args: argparse.Namespace, patients: Sequence) -> tuple:

@@ -85,20 +85,10 @@ def _patient_jobs(args: argparse.Namespace, folder: Path) -> list[Job]:
     from CardiacEnsembleLib.io.outputs import frame_output
 
     patient = PatientFolder.open(folder)
-    inputs = patient_inputs(patient)
+    inputs = patient.input_paths
     return [Job(case, _outputs(args, frame_output(args.output, patient.patient_id, case.phase)),
                 patient.frame_path(case.phase), inputs)
             for case in (patient.load(phase) for phase in PHASES)]
-
-
-def patient_inputs(patient: PatientFolder) -> tuple[Path, ...]:
-    """Every file of a patient folder that a run reads: Info.cfg, the ED and ES frames and their
-    ground truth, the 4D cine (existing or not: none of them may be written by a run)."""
-    from CardiacEnsembleLib.io.acdc import PHASES
-
-    frames = [path for phase in PHASES
-              for path in (patient.frame_path(phase), patient.gt_path(phase))]
-    return (patient.folder / "Info.cfg", *frames, patient.cine_path)
 
 
 def frame_inputs(source: Path) -> tuple[Path, ...]:
@@ -206,7 +196,7 @@ def _read_cine(source: Path) -> tuple:
         cine, geometry = patient.load_cine()
         info_frames = (patient.info.ed, patient.info.es)
         return (cine, geometry, patient.cine_path, patient.patient_id, info_frames,
-                patient_inputs(patient))
+                patient.input_paths)
     cine, geometry = images.read_image(source, allow_4d=True)
     if cine.ndim != 4:
         raise CaseError(f"{source}: --cine needs a 4D image, got shape {cine.shape}")

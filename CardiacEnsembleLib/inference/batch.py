@@ -88,16 +88,6 @@ def _ensemble(models_dir: Optional[str], device: str, fusion: Optional[str], thr
     return _ENSEMBLES[key]
 
 
-def patient_inputs(patient) -> tuple[Path, ...]:
-    """Every file of a patient folder a run reads (Info.cfg, ED/ES frames and ground truth, the
-    cine), existing or not: none of them may be written."""
-    from CardiacEnsembleLib.io.acdc import PHASES
-
-    frames = [path for phase in PHASES for path in (patient.frame_path(phase),
-                                                    patient.gt_path(phase))]
-    return (patient.folder / "Info.cfg", *frames, patient.cine_path)
-
-
 def segment_study(folder: str, out_dir: str, models_dir: Optional[str] = None,
                   device: str = "cpu", fusion: Optional[str] = None, threads: int = 1,
                   overwrite: bool = False) -> StudyResult:
@@ -119,7 +109,7 @@ def segment_study(folder: str, out_dir: str, models_dir: Optional[str] = None,
     outputs = [frame_output(out_dir, patient.patient_id, case.phase) for case in cases]
     _write_study([(target, prediction.labels, case.geometry, patient.frame_path(case.phase))
                   for target, prediction, case in zip(outputs, predictions, cases)],
-                 overwrite, patient_inputs(patient))
+                 overwrite, patient.input_paths)
     dice = {case.phase: {name: score.dice for name, score in
                          score_labels(prediction.labels, case.labels, case.spacing_zyx).items()}
             for case, prediction in zip(cases, predictions) if case.labels is not None}
@@ -192,7 +182,7 @@ def plan_studies(folders: Sequence[Path], out_dir: Path) -> list[StudyPlan]:
                             f"of this run; choose an output folder outside the data")
         plans.append(StudyPlan(patient.patient_id, patient.folder,
                                tuple(frame_output(out_dir, patient.patient_id, phase)
-                                     for phase in PHASES), patient_inputs(patient)))
+                                     for phase in PHASES), patient.input_paths))
     return plans
 
 

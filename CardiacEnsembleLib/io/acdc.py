@@ -156,6 +156,14 @@ class PatientFolder:
     def cine_path(self) -> Path:
         return self.folder / f"{self.patient_id}_4d.nii.gz"
 
+    @property
+    def input_paths(self) -> tuple[Path, ...]:
+        """Every file of the folder that a run reads: Info.cfg, the ED and ES frames and their
+        ground truth, the 4D cine (existing or not: no output may be written over one)."""
+        frames = [path for phase in PHASES for path in (self.frame_path(phase),
+                                                        self.gt_path(phase))]
+        return (self.folder / "Info.cfg", *frames, self.cine_path)
+
     def has_gt(self, phase: str) -> bool:
         return self.gt_path(phase).is_file()
 
