@@ -39,15 +39,16 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     """The manifest's setting and what the release measured, then one line per member; every
-    member's weights are checked against the sha256 the manifest recorded for them."""
+    member's files (weights, spec, config) are checked against the sha256 the manifest recorded
+    for them."""
     from CardiacEnsembleLib.cli.common import models_dir
-    from CardiacEnsembleLib.core.manifest import check_member_weights, read_manifest
+    from CardiacEnsembleLib.core.manifest import check_member_files, read_manifest
 
     manifest = read_manifest(models_dir(args))
     for line in _setting_lines(manifest) + _measured_lines(manifest.raw):
         print(line)
     for entry in manifest.members:
-        check_member_weights(manifest, entry)
+        check_member_files(manifest, entry)
         print(_member_line(entry))
     return 0
 

@@ -212,11 +212,6 @@ _WHAT = {"sha256": "weights are", "spec_sha256": "member spec (preprocessing, la
          "config_sha256": "network config is"}
 
 
-def check_member_weights(manifest: Manifest, entry: ManifestMember) -> None:
-    """`check_member_files` for the weights only."""
-    check_member_files(manifest, entry, ("sha256",))
-
-
 def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
     """Read and check a models folder's manifest; every problem names the file.
 

@@ -93,6 +93,17 @@ def test_an_edited_member_file_is_refused_by_segment_before_any_network_runs(
     assert networks_ran == [] and not out.exists()
 
 
+@pytest.mark.parametrize("kind", EDITS_BEHIND_THE_MANIFEST)
+def test_models_reports_an_edited_member_file(kind, models, capsys):
+    """`models` is where a user checks an install: it checks every file the manifest hashes."""
+    name, edit = EDITS_BEHIND_THE_MANIFEST[kind]
+    edited = models / MEMBER / name
+    edit_json(edited, edit)
+    code = main(["models", "--models", str(models)])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(f"error: {edited}: sha256 ")
+
+
 @pytest.mark.parametrize("key", list(MEMBER_FILES))
 def test_a_manifest_without_a_members_hash_is_refused(key, models):
     edit_json(models / "manifest.json", lambda raw: raw["members"][1].pop(key))
