@@ -27,6 +27,7 @@ from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError, describe, set_att
 from CardiacEnsembleLib.slicer.segmentations import add_segmentation
 from CardiacEnsembleLib.slicer.volumes import add_volume_like, check_volume, ijk_to_ras, \
     vtk_matrix
+from CardiacEnsembleLib.slicer.worker import SceneJob
 
 #: The volume-time table's columns: the frame (1-based, as ACDC numbers them) and ml per frame.
 CURVE_COLUMNS = ("frame", "LV ml", "RV ml", "Myo ml")
@@ -290,8 +291,7 @@ def summary_text(summary: dict) -> str:
             f"myocardial mass (ED) {number('myo_mass_ed_g')} g; RV EF {number('rv_ef_pct')} %")
 
 
-
-class CineJob:
+class CineJob(SceneJob):
     """Every frame of a volume sequence segmented by the inference worker process, in one
     request: `poll()`, `wait()`, `cancel()` as a `prediction.SegmentationJob`; `finish()` puts
     the segmentation sequence, table and chart into the scene (main thread only)."""
@@ -304,19 +304,6 @@ class CineJob:
         self.name = f"segment {self.input.name}"
         self.work = worker.submit_cine(self.input.cine, self.input.geometry, request,
                                        name=self.input.name)
-
-    def poll(self):
-        return self.work.poll()
-
-    @property
-    def done(self) -> bool:
-        return self.work.done
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        return self.work.wait(timeout)
-
-    def cancel(self) -> None:
-        self.work.cancel()
 
     def finish(self, *, name: Optional[str] = None) -> CineNodes:
         """Put the finished cine segmentation into the scene; raises `Cancelled`,

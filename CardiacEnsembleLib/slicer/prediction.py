@@ -23,7 +23,7 @@ from CardiacEnsembleLib.slicer.nodes import SlicerBridgeError, get_attribute, se
 from CardiacEnsembleLib.slicer.segmentations import add_segmentation
 from CardiacEnsembleLib.slicer.volumes import add_volume_like, case_from_volume, \
     check_volume, ijk_to_ras
-from CardiacEnsembleLib.slicer.worker import EnsembleRequest, InferenceWorker, WorkerStatus
+from CardiacEnsembleLib.slicer.worker import EnsembleRequest, InferenceWorker, SceneJob
 
 #: Node reference roles from the fused segmentation to its member and uncertainty nodes.
 MEMBER_REFERENCE = "CardiacEnsembleMember"
@@ -135,7 +135,7 @@ def prediction_nodes(segmentation_node) -> PredictionNodes:
                            segmentation_node.GetNodeReference(UNCERTAINTY_REFERENCE))
 
 
-class SegmentationJob:
+class SegmentationJob(SceneJob):
     """One volume node segmented by the inference worker process: `poll()` for the panel's
     timer, `wait()` for the console, `cancel()` kills the worker; `finish()` puts the result
     into the scene (main thread only)."""
@@ -150,19 +150,6 @@ class SegmentationJob:
         self.output = output
         self.name = f"segment {self.case.name}"
         self.work = worker.submit(self.case, request)
-
-    def poll(self) -> WorkerStatus:
-        return self.work.poll()
-
-    @property
-    def done(self) -> bool:
-        return self.work.done
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        return self.work.wait(timeout)
-
-    def cancel(self) -> None:
-        self.work.cancel()
 
     def finish(self, *, output=None, name: Optional[str] = None, members: bool = True,
                uncertainty: bool = True) -> PredictionNodes:

@@ -418,3 +418,24 @@ class WorkerJob:
             finally:
                 shutil.rmtree(self.folder, ignore_errors=True)
         return self._result
+
+
+class SceneJob:
+    """What the panel and the console hold while a `WorkerJob` runs: `poll()` for the panel's
+    timer, `wait()` for the console, `cancel()` kills the worker. Subclasses read their input
+    before submitting `self.work`, and add `finish()` to put the result into the scene."""
+
+    work: WorkerJob
+
+    def poll(self) -> WorkerStatus:
+        return self.work.poll()
+
+    @property
+    def done(self) -> bool:
+        return self.work.done
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        return self.work.wait(timeout)
+
+    def cancel(self) -> None:
+        self.work.cancel()

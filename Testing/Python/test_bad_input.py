@@ -25,7 +25,6 @@ import torch
 
 from CardiacEnsembleLib.io.acdc import PatientFolder
 from CardiacEnsembleLib.core.case import Case, CaseError
-from CardiacEnsembleLib.cli import main
 from CardiacEnsembleLib.inference.ensemble import load_ensemble
 from CardiacEnsembleLib.io.images import OutputExistsError, read_image, write_image
 from CardiacEnsembleLib.inference.members import (
@@ -38,6 +37,8 @@ from CardiacEnsembleLib.inference.members import (
 )
 from CardiacEnsembleDev.training.recipes import recipe_spec
 
+from cli_helpers import exactly, models_args, run_cli, starts
+
 PATIENT = "patient090"  # ED = frame 4, ES = frame 11; frames 154x224x7
 ED_FILE = "patient090_frame04.nii.gz"
 ES_FILE = "patient090_frame11.nii.gz"
@@ -48,27 +49,6 @@ UNTOUCHED = b"the user's own file: must survive byte for byte"
 # ------------------------------------------------------------------------ helpers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
-
-
-def starts(text: str) -> str:
-    """A `pytest.raises(match=...)` pattern: the message begins with `text`, literally."""
-    return "^" + re.escape(text)
-
-
-def exactly(text: str) -> str:
-    """A `pytest.raises(match=...)` pattern: the message is `text`, literally."""
-    return "^" + re.escape(text) + "$"
-
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    """(exit status, stderr) of `cardiac-ensemble -q ARGV`."""
-    code = main(["-q", *[str(a) for a in argv]])
-    return code, capsys.readouterr().err
-
-
-def models_args(models: Path, *members: str) -> list[str]:
-    chosen = ["--members", *members] if members else []
-    return ["--models", str(models), "--device", "cpu", *chosen]
 
 
 def copy_patient(source: Path, destination: Path, skip: tuple[str, ...] = ()) -> Path:

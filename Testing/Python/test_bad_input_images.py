@@ -29,22 +29,14 @@ from CardiacEnsembleLib.inference.ensemble import load_ensemble
 from CardiacEnsembleLib.io.acdc import PatientFolder, parse_info_cfg
 from CardiacEnsembleLib.io.images import read_image
 
+from cli_helpers import exactly, run_cli
+
 PATIENT = "patient090"
 ED_FILE = "patient090_frame04.nii.gz"
 ED_GT = "patient090_frame04_gt.nii.gz"
 MEMBER = "unetpp25d-mnv2"  # one shipped member: real accuracy at a fifth of the cost
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
-
-
-def exactly(text: str) -> str:
-    return "^" + re.escape(text) + "$"
-
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    """(exit status, stderr) of `cardiac-ensemble -q ARGV`."""
-    code = main(["-q", *[str(a) for a in argv]])
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture

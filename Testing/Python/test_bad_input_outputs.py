@@ -44,6 +44,8 @@ from CardiacEnsembleLib.io.atomic import (atomic_output, partial_name_prefix,
                                           write_text_atomic)
 from CardiacEnsembleLib.io.images import OutputExistsError, read_image, write_image
 
+from cli_helpers import models_args, run_cli
+
 PATIENT = "patient090"  # ED = frame 4, ES = frame 11
 ED_FILE = "patient090_frame04.nii.gz"
 ED_GT = "patient090_frame04_gt.nii.gz"
@@ -54,16 +56,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 # ------------------------------------------------------------------------ helpers
-
-def run_cli(capsys, *argv) -> tuple[int, str]:
-    """(exit status, stderr) of `cardiac-ensemble -q ARGV`."""
-    code = main(["-q", *[str(a) for a in argv]])
-    return code, capsys.readouterr().err
-
-
-def models_args(models: Path, *members: str) -> list[str]:
-    chosen = ["--members", *members] if members else []
-    return ["--models", str(models), "--device", "cpu", *chosen]
 
 
 def sha256(path: Path) -> str:
