@@ -212,6 +212,15 @@ _WHAT = {"sha256": "weights are", "spec_sha256": "member spec (preprocessing, la
          "config_sha256": "network config is"}
 
 
+def read_json(path: Path) -> object:
+    """A models-folder JSON file (manifest, member spec, network config), or one `MemberError`
+    naming it when it is not UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MemberError(f"{path}: not valid JSON ({error})") from None
+
+
 def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
     """Read and check a models folder's manifest; every problem names the file.
 
@@ -223,10 +232,7 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
     path = models_dir / MANIFEST_FILE
     if not path.is_file():
         raise MemberError(f"{models_dir}: no {MANIFEST_FILE} (the list of ensemble members)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MemberError(f"{path}: not valid JSON ({error})") from None
+    raw = read_json(path)
     if not isinstance(raw, dict) or not raw.get("members"):
         raise MemberError(f"{path}: lists no members")
     members = _member_entries(raw["members"], path)

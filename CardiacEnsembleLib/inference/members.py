@@ -27,7 +27,7 @@ import torch
 from CardiacEnsembleLib.core.errors import MemberError, OutputExistsError
 from CardiacEnsembleLib.core.labels import LABEL_NAMES, NUM_CLASSES
 from CardiacEnsembleLib.core.manifest import (CONFIG_FILE, SPEC_FILE,  # noqa: F401
-                                              WEIGHTS_FILE, sha256_of)
+                                              WEIGHTS_FILE, read_json, sha256_of)
 from CardiacEnsembleLib.inference.preprocess import PreprocessSpec
 
 SPEC_VERSION = 1
@@ -198,11 +198,7 @@ def read_spec(folder: Path | str) -> MemberSpec:
     path = folder / SPEC_FILE
     if not path.is_file():
         raise MemberError(f"{folder}: not a member folder (no {SPEC_FILE})")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MemberError(f"{path}: not valid JSON ({error})") from None
-    return MemberSpec.from_dict(data, where=str(path))
+    return MemberSpec.from_dict(read_json(path), where=str(path))
 
 
 def verify_member(folder: Path | str) -> MemberSpec:
@@ -220,10 +216,10 @@ def verify_member(folder: Path | str) -> MemberSpec:
         raise MemberError(f"{folder / WEIGHTS_FILE}: sha256 {actual[:12]}... does not match "
                           f"{SPEC_FILE} ({spec.weights_sha256[:12] or 'empty'}...): the weights "
                           f"are not the ones this spec describes")
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MemberError(f"{folder / CONFIG_FILE}: not valid JSON ({error})") from None
+    config = read_json(folder / CONFIG_FILE)
+    if not isinstance(config, dict):
+        raise MemberError(f"{folder / CONFIG_FILE}: not a JSON object ({type(config).__name__}); "
+                          f"expected the network's settings")
     expected = {"_model_class": spec.arch, "encoder_name": spec.encoder, "classes": spec.classes,
                 "in_channels": spec.in_channels}
     wrong = {k: (config.get(k), v) for k, v in expected.items() if config.get(k) != v}
