@@ -54,17 +54,17 @@ def run(args: argparse.Namespace) -> int:
     if importlib.util.find_spec("distributed") is None:
         raise CaseError(SCALE_EXTRA)
     from CardiacEnsembleLib.inference.batch import StudyStatus, segment_studies
-    from CardiacEnsembleLib.io.acdc import find_patients, load_splits
+    from CardiacEnsembleLib.io.acdc import find_patient_folders, load_splits
 
     ids = load_splits(args.data)[args.split] if args.split else args.patients
-    patients = find_patients(args.data, ids)
+    patients = find_patient_folders(args.data, ids)
     if not patients:
         raise CaseError(f"{args.data}: no ACDC patient folders found")
     where = args.scheduler or f"a local Dask cluster of {args.workers} worker processes"
     say(args, f"segmenting {len(patients)} studies on {where}")
     bar = ProgressBar("batch", not args.quiet, unit="study")
     try:
-        results = segment_studies([p.folder for p in patients], args.output,
+        results = segment_studies(patients, args.output,
                                   workers=args.workers, scheduler=args.scheduler,
                                   models_dir=args.models, device=args.device,
                                   fusion=args.fusion, overwrite=args.overwrite,

@@ -164,26 +164,33 @@ def _publish(temporary: Path, target: Path, overwrite: bool) -> None:
         os.replace(temporary, target)
 
 
-def plan_studies(folders: Sequence[Path], out_dir: Path) -> list[StudyPlan]:
-    """The studies of a batch and their outputs; refuses an output folder inside a patient
-    folder (the data is never written, and a later run would take a label map there for
-    part of the study)."""
+def plan_studies(folders: Sequence[Path], out_dir: Path
+                 ) -> tuple[list[StudyPlan], list[StudyResult]]:
+    """The studies of a batch and their outputs, and the studies that cannot run (a folder whose
+    Info.cfg is broken: that study's failure, the others still run). Refuses an output folder
+    inside a patient folder (the data is never written, and a later run would take a label map
+    there for part of the study)."""
     from CardiacEnsembleLib.core.errors import CaseError
     from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
     from CardiacEnsembleLib.io.outputs import frame_output
 
-    plans = []
+    plans, unusable = [], []
     target = Path(os.path.realpath(out_dir))
     for folder in folders:
-        patient = PatientFolder.open(folder)
-        home = Path(os.path.realpath(patient.folder))
+        home = Path(os.path.realpath(folder))
         if target == home or home in target.parents:
-            raise CaseError(f"{out_dir}: is inside the patient folder {patient.folder}, an input "
+            raise CaseError(f"{out_dir}: is inside the patient folder {folder}, an input "
                             f"of this run; choose an output folder outside the data")
+        try:
+            patient = PatientFolder.open(folder)
+        except CaseError as error:
+            unusable.append(StudyResult(Path(folder).name, [], status=StudyStatus.FAILED,
+                                        reason=str(error)))
+            continue
         plans.append(StudyPlan(patient.patient_id, patient.folder,
                                tuple(frame_output(out_dir, patient.patient_id, phase)
                                      for phase in PHASES), patient.input_paths))
-    return plans
+    return plans, unusable
 
 
 def check_models(models_dir: Optional[Path]) -> None:
@@ -212,7 +219,7 @@ def segment_studies(folders: Sequence[Path], out_dir: Path, *, workers: int = 2,
     from CardiacEnsembleLib.io.atomic import check_outputs
 
     out_dir = Path(out_dir)
-    plans = plan_studies(folders, out_dir)
+    plans, results = plan_studies(folders, out_dir)
     skipped = [plan for plan in plans if resume and not overwrite and plan.done]
     todo = [plan for plan in plans if plan not in skipped]
     hint = "a study partly done: remove it, or pass --overwrite" if resume else \
@@ -220,9 +227,9 @@ def segment_studies(folders: Sequence[Path], out_dir: Path, *, workers: int = 2,
     check_outputs([path for plan in todo for path in plan.outputs], overwrite=overwrite,
                   inputs=[path for plan in plans for path in plan.inputs], hint=hint)
     check_models(models_dir)
-    results = [StudyResult(plan.patient, [str(p) for p in plan.outputs],
-                           status=StudyStatus.SKIPPED, reason="already done (its outputs exist)")
-               for plan in skipped]
+    results += [StudyResult(plan.patient, [str(p) for p in plan.outputs],
+                            status=StudyStatus.SKIPPED, reason="already done (its outputs exist)")
+                for plan in skipped]
     if todo:
         results += _run_on_cluster(todo, out_dir, workers, scheduler, models_dir, device, fusion,
                                    overwrite, progress, log_level)

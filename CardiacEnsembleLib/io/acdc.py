@@ -228,7 +228,14 @@ def load_labels(path: Path, expected_shape: tuple, geometry: Geometry) -> np.nda
 
 
 def find_patients(root: Path | str, ids: Optional[Iterable[str]] = None) -> list[PatientFolder]:
-    """Patient folders under `root`: `training/` + `testing/`, a flat folder, or one patient.
+    """The patient folders `find_patient_folders` finds, opened (each Info.cfg read): a broken
+    one stops the caller here, before any work."""
+    return [PatientFolder.open(folder) for folder in find_patient_folders(root, ids)]
+
+
+def find_patient_folders(root: Path | str, ids: Optional[Iterable[str]] = None) -> list[Path]:
+    """Patient folders under `root`: `training/` + `testing/`, a flat folder, or one patient;
+    found by name, nothing in them read (a batch reports a broken one as that study's failure).
 
     `ids` picks patients by name (e.g. 'patient001'); an unknown name is an error, not a skip,
     so a typo never shrinks an evaluation silently.
@@ -244,12 +251,12 @@ def find_patients(root: Path | str, ids: Optional[Iterable[str]] = None) -> list
                    if p.is_dir() and _PATIENT_DIR.match(p.name)]
     by_id = {p.name: p for p in folders}
     if ids is None:
-        return [PatientFolder.open(p) for p in by_id.values()]
+        return list(by_id.values())
     ids = list(ids)
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise CaseError(f"{root}: no patient folder(s) named {', '.join(missing)}")
-    return [PatientFolder.open(by_id[i]) for i in ids]
+    return [by_id[i] for i in ids]
 
 
 def load_splits(root: Path | str) -> dict[str, list[str]]:

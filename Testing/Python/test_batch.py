@@ -69,17 +69,30 @@ def batch_cli(capsys, root: Path, out: Path, models: Path, *extra) -> tuple[int,
     return code, captured.out, captured.err
 
 
-def test_a_failed_study_is_reported_and_the_others_finish(untrained_models, patient_dir,
+def truncate_es_frame(folder: Path) -> str:
+    broken = folder / "patient094_frame07.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:5000])
+    return f"{broken}: cannot be read as NIfTI"
+
+
+def break_info_cfg(folder: Path) -> str:
+    """Found when the batch plans its studies, not in a worker: still that study's failure."""
+    info = folder / "Info.cfg"
+    info.write_text(info.read_text().replace("ED: 1", "ED: 1.7"))
+    return f"{info}: 'ED' should be a whole number ('1.7'); expected e.g. 'ED: 1'"
+
+
+@pytest.mark.parametrize("spoil", [truncate_es_frame, break_info_cfg])
+def test_a_failed_study_is_reported_and_the_others_finish(spoil, untrained_models, patient_dir,
                                                           tmp_path, capsys, caplog):
     root = data_root(tmp_path, patient_dir, "patient090", "patient094")
-    broken = root / "patient094" / "patient094_frame07.nii.gz"  # its ES frame, truncated
-    broken.write_bytes(broken.read_bytes()[:5000])
+    said = spoil(root / "patient094")
     out = tmp_path / "out"
     code, stdout, _ = batch_cli(capsys, root, out, untrained_models)
     assert code == 1
     lines = stdout.splitlines()
     assert lines[0].startswith("patient090: ok, ")
-    assert lines[1].startswith(f"patient094: failed: {broken}: cannot be read as NIfTI")
+    assert lines[1].startswith(f"patient094: failed: {said}")
     assert lines[2] == f"1 ok, 1 failed: wrote 2 label maps to {out}"
     # the failed study left nothing, not even its ED map or a temporary
     assert sorted(p.name for p in out.iterdir()) == ["patient090_ED_seg.nii.gz",
