@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 import vtk
 
 from CardiacEnsembleLib.core.case import Geometry
-from CardiacEnsembleLib.core.errors import refuse_existing
 from CardiacEnsembleLib.evaluation.metrics import ClinicalIndices, StructureScore, \
     clinical_indices, score_labels
 from CardiacEnsembleLib.slicer.nodes import OVERWRITE_HINT, SlicerBridgeError, get_attribute, \
@@ -105,13 +104,15 @@ def write_table_csv(table_node, path: Path | str, *, overwrite: bool = False) ->
     """The table's rows as CSV with full float precision.
 
     Not through the table storage node: in slicer-core 5.13 it rounds values to 6 significant
-    digits and does not escape quotes inside text cells.
+    digits and does not escape quotes inside text cells. Written like every other output of
+    the package (`io.atomic`): complete or not at all, never over a file that appeared meanwhile.
     """
+    from CardiacEnsembleLib.io.atomic import atomic_output  # here: `io` loads nibabel
+
     path = Path(path)
-    refuse_existing(path, overwrite, hint=OVERWRITE_HINT)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = table_rows(table_node)
-    with open(path, "w", newline="") as handle:
+    with atomic_output(path, overwrite=overwrite, hint=OVERWRITE_HINT) as temporary, \
+            open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(TABLE_COLUMNS)
         for row in rows:
