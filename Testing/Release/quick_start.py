@@ -11,8 +11,8 @@ the first ```bash block (install + segment the sample), then the ```bash blocks 
 `## Commands`, each line run from the clone's root with `.venv/bin/` before `cardiac-ensemble`.
 The command that needs an extra (`batch`, Dask) must refuse politely instead: exit 2 and one
 line naming the extra, before any work; and the first command, run a second time, must refuse
-to replace what the first run wrote (exit 2, one line naming `--overwrite`). It prints one row per command and exits 1 if any
-failed. The ACDC paths in the README (`../shared/acdc`) are relative to the repository root, so
+to replace what the first run wrote (exit 2, one line naming `--overwrite`). It prints one row
+per command and exits 1 if any failed. The ACDC paths in the README (`../shared/acdc`) are relative to the repository root, so
 the clone is made beside this checkout.
 """
 from __future__ import annotations
@@ -46,7 +46,9 @@ def readme_commands(readme: str) -> tuple[str, list[str]]:
 def run(command: str, cwd: Path) -> tuple[int, float, str]:
     started = time.perf_counter()
     done = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True)
-    lines = (done.stdout + done.stderr).strip().splitlines()
+    # the result line of a success (stdout: stderr ends with progress bars), the error of a failure
+    said = done.stdout if done.returncode == 0 and done.stdout.strip() else done.stderr
+    lines = said.strip().splitlines()
     return done.returncode, time.perf_counter() - started, lines[-1] if lines else ""
 
 
