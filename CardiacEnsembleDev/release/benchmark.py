@@ -12,7 +12,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -26,6 +26,8 @@ from CardiacEnsembleLib.core.options import Method
 from CardiacEnsembleLib.inference.ensemble import Ensemble
 
 STAGES = ("load", "preprocess", "network", "restore", "fusion", "write")
+#: The configuration name of the ensemble with heart-region inference (`--heart-margin`).
+HEART_REGION = "ensemble heart-region"
 
 
 class PeakMemory:
@@ -107,15 +109,25 @@ class BenchmarkResult:
 
     @property
     def member_results(self) -> list[ConfigResult]:
-        return [c for c in self.configs if c.name != "ensemble"]
+        return [c for c in self.configs if not c.name.startswith("ensemble")]
+
+    @property
+    def heart_region(self) -> Optional[ConfigResult]:
+        """The ensemble with heart-region inference, when it was timed too."""
+        return next((c for c in self.configs if c.name == HEART_REGION), None)
 
     def ratios(self) -> dict[str, float]:
         ensemble = self.ensemble.median_frame
         members = [c.median_frame for c in self.member_results]
         fusion = self.ensemble.stage_median("fusion")
-        return {"ensemble / sum of members": ensemble / sum(members),
-                "ensemble / slowest member": ensemble / max(members),
-                "fusion share of ensemble time": fusion / ensemble}
+        ratios = {"ensemble / sum of members": ensemble / sum(members),
+                  "ensemble / slowest member": ensemble / max(members),
+                  "fusion share of ensemble time": fusion / ensemble}
+        if self.heart_region is not None:
+            region = self.heart_region.median_frame
+            ratios["ensemble heart-region / torch full-grid"] = region / ensemble
+            ratios["ensemble heart-region / slowest member"] = region / max(members)
+        return ratios
 
 
 def machine_description(device: torch.device) -> str:
@@ -154,16 +166,21 @@ def _time_frame(ensemble: Ensemble, patient: PatientFolder, phase: str, out_dir:
 def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repeats: int = 5,
                   cine_patient: Optional[PatientFolder] = None, cine_repeats: int = 2,
                   log=print) -> BenchmarkResult:
-    """Each member alone, then the ensemble, on the ED and ES frames of `patients` (and the
-    cine of `cine_patient`): one warm-up pass, then `repeats` timed passes."""
+    """Each member alone, then the ensemble on the full grid, then (if `ensemble` has a
+    `heart_margin`) the ensemble with heart-region inference, on the ED and ES frames of
+    `patients` (and the cine of `cine_patient`): one warm-up pass, then `repeats` timed passes."""
     configs = [(m, [m]) for m in ensemble.names] + [("ensemble", ensemble.names)]
+    if ensemble.heart_margin is not None:
+        configs.append((HEART_REGION, ensemble.names))
     results = []
     frames = [(p, phase) for p in patients for phase in PHASES]
     cine = cine_patient.load_cine() if cine_patient is not None else None
     with tempfile.TemporaryDirectory(prefix="ce-bench-") as scratch:
         for name, members in configs:
-            runner = ensemble if name == "ensemble" else ensemble.subset(members)
-            if name != "ensemble":
+            full_grid = replace(ensemble, heart_margin=None)
+            runner = ensemble if name == HEART_REGION else \
+                full_grid if name == "ensemble" else full_grid.subset(members)
+            if not name.startswith("ensemble"):
                 runner.postprocess = ()  # a member alone, as the network produces it
             result = ConfigResult(name, members)
             with PeakMemory() as memory:
@@ -237,6 +254,13 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
         lines.append(f"ensemble cine time ({result.cine_name}, {result.cine_frames} frames): "
                      f"{np.median(ensemble.cine_seconds):.2f} s")
     lines.append(f"ensemble peak RSS: {ensemble.peak_rss_bytes / 2**30:.2f} GiB")
+    region = result.heart_region
+    if region is not None:
+        lines.append(f"ensemble heart-region median frame time: {region.median_frame:.3f} s")
+        if region.cine_seconds:
+            lines.append(f"ensemble heart-region cine time ({result.cine_name}, "
+                         f"{result.cine_frames} frames): {np.median(region.cine_seconds):.2f} s")
+        lines.append(f"ensemble heart-region peak RSS: {region.peak_rss_bytes / 2**30:.2f} GiB")
     lines += [f"{key}: {value:.2f}" for key, value in result.ratios().items()]
     return lines
 

@@ -68,6 +68,22 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="fusion rule (default: the manifest's)")
     group.add_argument("--tta", action="store_true", help="flip test-time augmentation (3x cost)")
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    group.add_argument("--heart-margin", type=_pixels, default=None, metavar="PIXELS",
+                       help="heart-region inference: the other members run only on the box "
+                            "the locator member finds around the heart, grown by PIXELS of the "
+                            "network grid (e.g. 32); default: every member on the full grid")
+    group.add_argument("--heart-locator", default=None, metavar="MEMBER",
+                       help="the member that locates the heart (default: the first)")
+
+
+def _pixels(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels >= 0, got {text!r}")
+    return value
 
 
 def models_dir(args: argparse.Namespace) -> Path:
@@ -92,13 +108,16 @@ def load_ensemble(args: argparse.Namespace):
 
     folder = models_dir(args)
     ensemble = load(folder, members=args.members, fusion=args.fusion, device=args.device,
-                    tta=args.tta)
+                    tta=args.tta, heart_margin=args.heart_margin,
+                    heart_locator=args.heart_locator)
     note = read_manifest(folder).note
     if note and getattr(args, "verbose", False):
         print(f"note: {note}")
     steps = f" + {'+'.join(ensemble.postprocess)}" if ensemble.postprocess else ""
+    region = "" if ensemble.heart_margin is None else \
+        f" | heart region: {ensemble.names[ensemble.locator_index]} + {ensemble.heart_margin} px"
     say(args, f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
-              f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}")
+              f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}{region}")
     return ensemble
 
 

@@ -150,6 +150,8 @@ def _result_line(case, prediction, written: Path) -> str:
         scores = score_labels(prediction.labels, case.labels, case.spacing_zyx)
         line += " | Dice vs ground truth " + " ".join(
             f"{name} {s.dice:.3f}" for name, s in scores.items())
+    if prediction.heart_region:
+        line += f" | {prediction.heart_region}"
     for warning in prediction.warnings:  # also logged on stderr; here so stdout alone tells
         line += " | WARNING " + warning.removeprefix(f"{case.source or case.name}: ")
     return line

@@ -185,6 +185,8 @@ class Prediction:
     # what a reader of `labels` must know: filled non-finite voxels, an empty or near-empty map
     # on an image with signal (`inference.sanity`); also logged as warnings
     warnings: tuple[str, ...] = ()
+    # heart-region inference (`inference.heart_region`): where the members ran, "" if not asked
+    heart_region: str = ""
 
     @property
     def method(self) -> Method:

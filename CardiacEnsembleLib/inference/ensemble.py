@@ -1,7 +1,8 @@
 """Members + a fusion rule + weights: `Ensemble.predict(case) -> Prediction`.
 
 The main job is written here once: `Ensemble.volume_probabilities` runs the members on a frame
-or a cine stack (`runner.run_on_volume`), and `fuse_and_clean` fuses their probabilities and
+or a cine stack (`runner.network_probabilities`, then `restore_timed`; optionally on the heart's
+box only, `heart_region`), and `fuse_and_clean` fuses their probabilities and
 applies the clean-up. `predict`, cine, evaluation, selection and batch all go through them.
 
 Members whose preprocessing specs agree share one preprocessing pass; every member's
@@ -10,6 +11,7 @@ only host copies are the final label maps.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,13 +28,17 @@ from CardiacEnsembleLib.core.manifest import (DEFAULT_MODELS_DIR, MANIFEST_FILE,
 from CardiacEnsembleLib.core.options import FusionRule, Method
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
 from CardiacEnsembleLib.inference.fusion import FusionResult, fuse
+from CardiacEnsembleLib.inference.heart_region import HeartRegion, locate_heart
 from CardiacEnsembleLib.inference.members import (Member, MemberSpec, load_member,  # noqa: F401
                                                   load_verified, verify_member)
 from CardiacEnsembleLib.inference.postprocess import apply_steps, check_steps, lone_member_steps
 from CardiacEnsembleLib.inference.preprocess import PreprocessSpec, check_volume, prepare_slices
-from CardiacEnsembleLib.inference.runner import (add_stage, optimize_for_inference, pick_device,
-                                                 run_on_volume)
+from CardiacEnsembleLib.inference.runner import (add_stage, network_probabilities,
+                                                 optimize_for_inference, pick_device,
+                                                 restore_timed)
 from CardiacEnsembleLib.inference.sanity import check_intensities, prediction_warnings
+
+log = logging.getLogger(__name__)
 
 
 def fuse_and_clean(rule: str, member_probs: torch.Tensor, weights: Optional[WeightTable] = None,
@@ -74,6 +80,11 @@ class Ensemble:
     description: str = ""
     postprocess: tuple[str, ...] = ()  # steps of `postprocess.POSTPROCESS_STEPS` after fusion
     max_memory_gb: Optional[float] = None  # None: `core.limits`' default or its variable
+    # heart-region inference (`heart_region`): None runs every member on the full grid; a margin
+    # in network-grid pixels runs the others on the box the locator (the member named, or the
+    # first) found
+    heart_margin: Optional[int] = None
+    heart_locator: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -86,6 +97,8 @@ class Ensemble:
         if self.weights is not None and list(self.weights.names) != names:
             raise ValueError(f"weights for members {list(self.weights.names)}, but the "
                              f"ensemble's members are {names}")
+        if self.heart_margin is not None and self.heart_margin < 0:
+            raise ValueError(f"heart margin must be >= 0 pixels, got {self.heart_margin}")
 
     @property
     def names(self) -> list[str]:
@@ -132,27 +145,44 @@ class Ensemble:
 
     def member_probabilities(self, case: Case, progress: Optional[Progress] = None,
                              cancel: Optional[CancelToken] = None,
-                             timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
+                             timings: Optional[dict] = None,
+                             regions: Optional[list] = None) -> tuple[torch.Tensor, list[float]]:
         """(M, C, Z, Y, X) float32 probabilities on the case grid, and seconds per member."""
         return self.volume_probabilities(torch.from_numpy(case.image), case.spacing_zyx,
-                                         progress, cancel, timings)
+                                         progress, cancel, timings, regions)
+
+    @property
+    def locator_index(self) -> int:
+        """The member that runs on the full grid first and locates the heart for the others:
+        `heart_locator`, or the first member (also when a `subset` left the named one out)."""
+        if self.heart_locator in self.names:
+            return self.names.index(self.heart_locator)
+        return 0
 
     def volume_probabilities(self, volume: torch.Tensor, spacing_zyx,
                              progress: Optional[Progress] = None,
                              cancel: Optional[CancelToken] = None,
-                             timings: Optional[dict] = None) -> tuple[torch.Tensor, list[float]]:
+                             timings: Optional[dict] = None,
+                             regions: Optional[list] = None) -> tuple[torch.Tensor, list[float]]:
         """Members on a (Z, Y, X) frame or a (T, Z, Y, X) stack of cine frames.
 
         Returns (M, C, N, Y, X) probabilities with N = Z or T*Z slices, and seconds per member.
         `timings` accumulates the stage split: preprocess, network, restore (seconds).
+        With `heart_margin`, the locator runs first on the full grid and the members that share
+        its preprocessing run on the heart's box; `regions` (a list) receives the `HeartRegion`.
         """
         timings = {} if timings is None else timings
         volume = volume.to(self.device)
         slices_per_member = int(np.prod(volume.shape[:-2]))
         total = len(self.members) * slices_per_member
         prepared: dict[PreprocessSpec, tuple] = {}
-        per_member, seconds = [], []
-        for index, member in enumerate(self.members):
+        order = list(range(len(self.members)))
+        if self.heart_margin is not None:
+            order.insert(0, order.pop(self.locator_index))
+        region: Optional[HeartRegion] = None
+        per_member, seconds = {}, {}
+        for done_members, index in enumerate(order):
+            member = self.members[index]
             started = time.perf_counter()
             spec = member.spec.preprocess
             if spec not in prepared:
@@ -161,17 +191,28 @@ class Ensemble:
                 add_stage(timings, "preprocess", started, self.device)
             slices, grid = prepared[spec]
 
-            def report(done, _total, _label, offset=index * slices_per_member, name=member.name):
+            def report(done, _total, _label, offset=done_members * slices_per_member,
+                       name=member.name):
                 if progress is not None:
                     progress(offset + done, total, name)
 
-            probabilities = run_on_volume(member.network, slices, grid, int(volume.shape[-3]),
-                                          member.spec.context_slices, tta=self.tta,
-                                          progress=report, cancel=cancel, label=member.name,
-                                          timings=timings)
-            per_member.append(probabilities.transpose(0, 1))
-            seconds.append(time.perf_counter() - started)
-        return torch.stack(per_member), seconds
+            locator = self.members[order[0]]
+            box = region.box if region is not None and \
+                spec == locator.spec.preprocess else None
+            probabilities = network_probabilities(
+                member.network, slices, int(volume.shape[-3]), member.spec.context_slices,
+                tta=self.tta, progress=report, cancel=cancel, label=member.name,
+                timings=timings, box=box)
+            if self.heart_margin is not None and region is None:
+                region = locate_heart(probabilities, self.heart_margin, spec.size_multiple)
+                if not region.found:
+                    log.info("%s", region.reason)
+                if regions is not None:
+                    regions.append(region)
+            per_member[index] = restore_timed(probabilities, grid, timings).transpose(0, 1)
+            seconds[index] = time.perf_counter() - started
+        indices = range(len(self.members))
+        return torch.stack([per_member[i] for i in indices]), [seconds[i] for i in indices]
 
     def predict(self, case: Case, *, progress: Optional[Progress] = None,
                 cancel: Optional[CancelToken] = None, keep_member_probabilities: bool = False,
@@ -188,10 +229,14 @@ class Ensemble:
         self.check_input(case)
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        member_probs, seconds = self.member_probabilities(case, progress, cancel, timings)
+        regions: list[HeartRegion] = []
+        member_probs, seconds = self.member_probabilities(case, progress, cancel, timings,
+                                                          regions)
         prediction = self.fuse(case, member_probs, seconds, fusion or self.fusion,
                                keep_member_probabilities, timings)
         prediction.timings["total"] = time.perf_counter() - started
+        if regions:
+            prediction.heart_region = regions[0].describe()
         return prediction
 
     def check_input(self, case: Case) -> None:
@@ -236,7 +281,9 @@ class Ensemble:
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
                   members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
                   device: str = "auto", tta: bool = False, optimize: bool = True,
-                  postprocess: Optional[Sequence[str]] = None) -> Ensemble:
+                  postprocess: Optional[Sequence[str]] = None,
+                  heart_margin: Optional[int] = None,
+                  heart_locator: Optional[str] = None) -> Ensemble:
     """Load the ensemble a manifest describes (by default the one shipped with the package).
 
     Everything is checked before the first network is built, so a bad models folder costs
@@ -247,6 +294,9 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     """
     manifest = read_manifest(models_dir)
     entries = _chosen_entries(manifest, members)
+    if heart_locator is not None and heart_locator not in [e.name for e in entries]:
+        raise MemberError(f"{manifest.path}: heart locator {heart_locator!r} is not one of the "
+                          f"members that run ({', '.join(e.name for e in entries)})")
     rule = FusionRule.parse(fusion or manifest.fusion.value, "fusion rule").value
     steps = check_steps(manifest.postprocess if postprocess is None else postprocess)
     weights = _chosen_weights(manifest, [e.name for e in entries], rule)
@@ -258,7 +308,8 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
         if optimize:
             optimize_for_inference(member.network)
         loaded.append(member)
-    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.description, steps)
+    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.description, steps,
+                    heart_margin=heart_margin, heart_locator=heart_locator)
 
 
 def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:

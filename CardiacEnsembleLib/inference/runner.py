@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 
 from CardiacEnsembleLib.core.progress import CancelToken, Cancelled, Progress  # noqa: F401  (also importable from here)
+from CardiacEnsembleLib.inference.heart_region import HeartBox
 from CardiacEnsembleLib.inference.preprocess import (SliceGrid, restore_probabilities,
                                                      stack_neighbours)
 
@@ -84,21 +85,47 @@ def predict_slices(network: torch.nn.Module, slices: torch.Tensor, *, tta: bool 
 def run_on_volume(network: torch.nn.Module, slices: torch.Tensor, grid: SliceGrid,
                   slices_per_volume: int, context_slices: int, *, tta: bool = False,
                   progress: Optional[Progress] = None, cancel: Optional[CancelToken] = None,
-                  label: str = "", timings: Optional[dict] = None) -> torch.Tensor:
+                  label: str = "", timings: Optional[dict] = None,
+                  box: Optional[HeartBox] = None) -> torch.Tensor:
     """Prepared (N, 1, H', W') slices of whole volumes (`preprocess.prepare_slices`) ->
     (N, C, H, W) float32 probabilities back on the volumes' own slice grid.
 
     N is a frame's Z slices or a cine stack's T*Z; a 2.5D member's neighbours are stacked
-    within each volume of `slices_per_volume` slices. `timings` accumulates the seconds spent
-    in the network and in restoring the grid ("network", "restore").
+    within each volume of `slices_per_volume` slices. `box`: run on that part of the grid only
+    (`heart_region`). `timings` accumulates the seconds spent in the network and in restoring
+    the grid ("network", "restore").
     """
+    probabilities = network_probabilities(network, slices, slices_per_volume, context_slices,
+                                          tta=tta, progress=progress, cancel=cancel,
+                                          label=label, timings=timings, box=box)
+    return restore_timed(probabilities, grid, timings)
+
+
+def network_probabilities(network: torch.nn.Module, slices: torch.Tensor,
+                          slices_per_volume: int, context_slices: int, *, tta: bool = False,
+                          progress: Optional[Progress] = None,
+                          cancel: Optional[CancelToken] = None, label: str = "",
+                          timings: Optional[dict] = None,
+                          box: Optional[HeartBox] = None) -> torch.Tensor:
+    """`run_on_volume` before restoring: (N, C, H', W') probabilities on the network grid; with
+    a `box`, computed on the box and background elsewhere."""
     started = time.perf_counter()
-    stacked = stack_neighbours(slices, slices_per_volume, context_slices)
+    seen = slices if box is None else box.crop(slices)
+    stacked = stack_neighbours(seen, slices_per_volume, context_slices)
     probabilities = predict_slices(network, stacked, tta=tta, progress=progress, cancel=cancel,
                                    label=label)
-    restored_at = add_stage(timings, "network", started, slices.device)
+    if box is not None:
+        probabilities = box.paste(probabilities)
+    add_stage(timings, "network", started, slices.device)
+    return probabilities
+
+
+def restore_timed(probabilities: torch.Tensor, grid: SliceGrid,
+                  timings: Optional[dict] = None) -> torch.Tensor:
+    """`preprocess.restore_probabilities`, its seconds added to `timings["restore"]`."""
+    started = time.perf_counter()
     restored = restore_probabilities(probabilities, grid)
-    add_stage(timings, "restore", restored_at, slices.device)
+    add_stage(timings, "restore", started, probabilities.device)
     return restored
 
 

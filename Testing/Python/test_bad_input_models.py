@@ -4,7 +4,7 @@ runs; and the manifest's hashes cover everything that changes a member's output.
 
 Broken models are writable copies of the `untrained_models` fixture (conftest.py: three members,
 the manifest `ship` writes); the image is patient090's ED frame (the smallest ACDC frame). A
-refusal must come before the networks: `run_on_volume` is replaced by a recorder, so a check
+refusal must come before the networks: `network_probabilities` is replaced by a recorder, so a check
 that comes only after the members ran fails the test.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ def models(untrained_models, tmp_path) -> Path:
 def networks_ran(monkeypatch) -> list[str]:
     """Names of the members whose network ran on a volume during the test."""
     ran: list[str] = []
-    original = ensemble_module.run_on_volume
-    monkeypatch.setattr(ensemble_module, "run_on_volume",
+    original = ensemble_module.network_probabilities
+    monkeypatch.setattr(ensemble_module, "network_probabilities",
                         lambda *a, **k: ran.append(k.get("label")) or original(*a, **k))
     return ran
 
@@ -57,6 +57,15 @@ def segment(capsys, patient_dir, models: Path, tmp_path: Path, *extra) -> tuple[
     code = main(["-q", "segment", str(patient_dir(PATIENT) / ED_FILE), "-o", str(out),
                  "--models", str(models), "--device", "cpu", *extra])
     return code, capsys.readouterr().err, out
+
+
+def test_the_recorder_sees_every_network_of_a_run_that_goes_through(models, patient_dir,
+                                                                     tmp_path, capsys,
+                                                                     networks_ran):
+    """What makes `networks_ran == []` mean something in the refusal tests below."""
+    code, _, out = segment(capsys, patient_dir, models, tmp_path)
+    assert code == 0 and out.exists()
+    assert networks_ran == read_manifest(models).names
 
 
 # ------------------------------------------------------------------------ the hashes

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from CardiacEnsembleLib.io.acdc import PatientFolder
-from CardiacEnsembleDev.release.benchmark import (BenchmarkResult, ConfigResult, accuracy_points,
-                                          report_markdown, run_benchmark, summary_lines)
+from CardiacEnsembleDev.release.benchmark import (HEART_REGION, BenchmarkResult, ConfigResult,
+                                                  accuracy_points, report_markdown,
+                                                  run_benchmark, summary_lines)
 from CardiacEnsembleLib.inference.cine import CineSegmentation, segment_cine
 from CardiacEnsembleLib.cli import main
 from CardiacEnsembleLib.inference.ensemble import load_ensemble
@@ -106,6 +108,21 @@ def test_summary_lines_state_the_ratios_a_script_reads():
     assert "ensemble / slowest member: 1.47" in lines
     assert "fusion share of ensemble time: 0.09" in lines
     assert "| ensemble | 4.400 |" in report_markdown(result)
+    assert not [line for line in lines if "heart-region" in line]
+
+    result.configs.append(config(HEART_REGION, 2.2, 0.4))
+    lines = summary_lines(result)
+    assert "ensemble heart-region median frame time: 2.200 s" in lines
+    assert "ensemble heart-region / torch full-grid: 0.50" in lines
+    assert "ensemble / sum of members: 1.10" in lines  # the members are still a and b only
+
+
+def test_the_benchmark_times_the_heart_region_beside_the_full_grid(ensemble, patient090):
+    result = run_benchmark(replace(ensemble, heart_margin=32), [patient090], repeats=1,
+                           log=lambda line: None)
+    assert [c.name for c in result.configs] == ["unet-mnv2", "fpn-mnv2", "ensemble",
+                                                HEART_REGION]
+    assert result.heart_region.frame_seconds and result.ensemble.frame_seconds
 
 
 def test_the_cost_chart_sets_the_ensemble_beside_members_with_the_same_clean_up():
