@@ -58,6 +58,8 @@ class EnsembleRequest:
     fusion: Optional[str] = None  # None: the manifest's rule
     tta: bool = False
     device: str = "auto"
+    heart_margin: Optional[int] = None  # None: every member on the full grid (`heart_region`)
+    heart_locator: Optional[str] = None  # None: the first member
 
     @property
     def load_key(self) -> tuple:
@@ -66,13 +68,16 @@ class EnsembleRequest:
     def to_json(self) -> dict:
         return {"models_dir": self.models_dir, "tta": self.tta, "device": self.device,
                 "members": None if self.members is None else list(self.members),
-                "fusion": self.fusion}
+                "fusion": self.fusion, "heart_margin": self.heart_margin,
+                "heart_locator": self.heart_locator}
 
     @classmethod
     def from_json(cls, data: dict) -> "EnsembleRequest":
         members = data.get("members")
+        margin = data.get("heart_margin")
         return cls(str(data["models_dir"]), None if members is None else tuple(members),
-                   data.get("fusion"), bool(data.get("tta", False)), str(data["device"]))
+                   data.get("fusion"), bool(data.get("tta", False)), str(data["device"]),
+                   None if margin is None else int(margin), data.get("heart_locator"))
 
 
 # --- the files: written and read by both sides --------------------------------------------
@@ -157,6 +162,7 @@ def write_result(folder: Path, prediction: Prediction, worker: dict) -> Path:
     meta = {"fusion": prediction.fusion, "device": prediction.device,
             "timings": prediction.timings, "case_name": prediction.case_name,
             "members": [{"name": m.name, "seconds": m.seconds} for m in prediction.members],
+            "warnings": list(prediction.warnings), "heart_region": prediction.heart_region,
             "worker": worker}
     (folder / RESULT_FILE).write_text(json.dumps(meta))
     return folder
@@ -174,7 +180,9 @@ def read_result(folder: Path, geometry: Geometry) -> tuple[Prediction, dict]:
                             disagreement=data["disagreement"], geometry=geometry,
                             fusion=meta["fusion"], device=meta["device"],
                             timings={k: float(v) for k, v in meta["timings"].items()},
-                            case_name=meta["case_name"])
+                            case_name=meta["case_name"],
+                            warnings=tuple(meta.get("warnings", ())),
+                            heart_region=meta.get("heart_region", ""))
     return prediction, meta["worker"]
 
 
@@ -217,6 +225,9 @@ class Server:
             ensemble = replace(ensemble, fusion=request.fusion)
         if request.members is not None:
             ensemble = ensemble.subset(list(request.members))
+        if request.heart_margin is not None:
+            ensemble = replace(ensemble, heart_margin=request.heart_margin,
+                               heart_locator=request.heart_locator)
         return ensemble, reused
 
     def _progress(self, done, total, message) -> None:

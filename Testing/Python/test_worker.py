@@ -107,6 +107,31 @@ def test_the_second_request_reuses_the_loaded_ensemble(worker, request_, ed_case
     print(f"\nload {first.info['load_seconds']:.2f} s saved by the warm worker")
 
 
+def test_heart_region_and_warnings_come_back_as_in_process(worker, request_, ed_case,
+                                                           untrained_models):
+    """The panel's request carries the heart margin; the answer carries what the result line
+    says in the CLI (where the members ran, the warnings), not the labels alone."""
+    from dataclasses import replace
+
+    import torch
+
+    from CardiacEnsembleLib.inference.ensemble import load_ensemble
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        direct = replace(load_ensemble(untrained_models, device="cpu"),
+                         heart_margin=32).predict(ed_case)
+    finally:
+        torch.set_num_threads(before)
+    job = worker.submit(ed_case, replace(request_, heart_margin=32))
+    assert job.wait(HANG_GUARD)
+    prediction = job.result()
+    assert prediction.heart_region and prediction.heart_region == direct.heart_region
+    assert prediction.warnings == direct.warnings
+    np.testing.assert_array_equal(prediction.labels, direct.labels)
+
+
 def test_a_lone_member_is_its_own_argmax(worker, request_, ed_case, direct):
     from dataclasses import replace
 
