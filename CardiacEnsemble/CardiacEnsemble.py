@@ -47,7 +47,8 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
 
 # core imports numpy only (Slicer bundles it), so these work before torch is installed.
 from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest  # noqa: E402
-from CardiacEnsembleLib.core.options import FUSION_RULES, FusionRule  # noqa: E402
+from CardiacEnsembleLib.core.options import (FUSION_RULES, HEART_MARGIN_PX,  # noqa: E402
+                                             FusionRule)
 from CardiacEnsembleLib.core import requirements  # noqa: E402
 from CardiacEnsembleLib.core.terminology import TERMINOLOGY_FILE  # noqa: E402
 
@@ -175,6 +176,7 @@ class CardiacEnsembleParameterNode:
     fusion: Annotated[str, Choice(list(FUSION_RULES))] = _shipped_fusion_rule()
     tta: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
+    heartRegion: bool = False
     excludedMembers: list[str]
 
 
@@ -369,7 +371,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         node = self._parameterNode
         options = dict(members=self._selectedMembers(), fusion=node.fusion, tta=node.tta,
-                       device=node.device)
+                       device=node.device,
+                       heartMargin=HEART_MARGIN_PX if node.heartRegion else None)
         try:
             with slicer.util.WaitCursor():
                 if self.logic.isSequenceFrame(node.inputVolume):  # a cine: every frame
@@ -583,14 +586,16 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNode, members=None, fusion: Optional[str] = None, tta: bool = False,
                 device: str = "auto", outputSegmentation=None, modelsDir: Optional[str] = None,
-                wait: bool = False, sequenceFrame: bool = False):
+                wait: bool = False, sequenceFrame: bool = False,
+                heartMargin: Optional[int] = None):
         """Start segmenting `volumeNode` in the worker process; returns the job to poll
         (`job.poll()`, `job.cancel()`), the scene untouched until `finishSegmentation`.
 
         `wait=True` (console, tests, batch) blocks and returns the `PredictionNodes` instead.
         Bad input raises `SlicerBridgeError` (a ValueError) before any work starts. The worker
         keeps the ensemble loaded, so the next segmentation skips the load; `members` (None:
-        all), `fusion`, `tta` and `device` are sent with each request. The volume showing a
+        all), `fusion`, `tta`, `device` and `heartMargin` (heart-region inference, pixels;
+        None: the full grid) are sent with each request. The volume showing a
         frame of a sequence is segmented alone only with `sequenceFrame=True` (the frame
         shown now); `segmentCine` segments every frame.
         """
@@ -601,7 +606,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         check_volume(volumeNode, allow_sequence_frame=sequenceFrame)
         if outputSegmentation is not None:  # before any work: never a ground truth
             check_output_segmentation(outputSegmentation)
-        request = self._request(members, fusion, tta, device, modelsDir)
+        request = self._request(members, fusion, tta, device, modelsDir, heartMargin)
         job = SegmentationJob(volumeNode, self.inferenceWorker(), request,
                               output=outputSegmentation, allow_sequence_frame=sequenceFrame)
         self.job = job
@@ -609,7 +614,8 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
 
     def segmentCine(self, sequenceNode, members=None, fusion: Optional[str] = None,
                     tta: bool = False, device: str = "auto", modelsDir: Optional[str] = None,
-                    wait: bool = False, name: Optional[str] = None):
+                    wait: bool = False, name: Optional[str] = None,
+                    heartMargin: Optional[int] = None):
         """Start segmenting every frame of a volume sequence (its node, its browser, or the
         volume showing its frames) in the worker process, in one request; the same kind of
         job as `segment`. Finished, it gives `CineNodes`: a segmentation sequence in the
@@ -617,12 +623,12 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         summary (ED/ES frames found on the curve, EF, stroke volume, ED myocardial mass)."""
         from CardiacEnsembleLib.slicer.cine import CineJob
 
-        request = self._request(members, fusion, tta, device, modelsDir)
+        request = self._request(members, fusion, tta, device, modelsDir, heartMargin)
         job = CineJob(sequenceNode, self.inferenceWorker(), request, name=name)
         self.job = job
         return self.waitForCompletion(job) if wait else job
 
-    def _request(self, members, fusion, tta, device, modelsDir):
+    def _request(self, members, fusion, tta, device, modelsDir, heartMargin=None):
         """What the worker is asked for; refused while another segmentation runs."""
         from CardiacEnsembleLib.slicer.worker import EnsembleRequest
 
@@ -630,7 +636,8 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError("a segmentation is already running; wait for it or cancel it")
         return EnsembleRequest(str(modelsDir or DEFAULT_MODELS_DIR),
                                tuple(members) if members else None, fusion or None,
-                               bool(tta), device)
+                               bool(tta), device,
+                               None if heartMargin is None else int(heartMargin))
 
     @staticmethod
     def isSequenceFrame(volumeNode) -> bool:

@@ -156,6 +156,15 @@ def test_member_choices_subset_the_loaded_ensemble(module, untrained_models):
         logic.ensemble(members=["nope"], device="cpu", modelsDir=str(untrained_models))
 
 
+def test_the_heart_region_choice_reaches_the_worker_request(module):
+    """The panel's "Heart region only" sends the package's margin; unchecked, the full grid."""
+    logic = module.CardiacEnsembleLogic()
+    assert logic._request(None, None, False, "cpu", None).heart_margin is None
+    request = logic._request(None, None, False, "cpu", None, module.HEART_MARGIN_PX)
+    assert request.heart_margin == module.HEART_MARGIN_PX > 0
+    assert module.CardiacEnsembleParameterNode.__annotations__["heartRegion"] is bool
+
+
 def test_the_sample_data_source_is_the_shipped_patient_with_its_checksums(module):
     import hashlib
     from urllib.parse import urlparse
