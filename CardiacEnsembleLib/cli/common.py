@@ -73,7 +73,8 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                             "the locator member finds around the heart, grown by PIXELS of the "
                             "network grid (e.g. 32); default: every member on the full grid")
     group.add_argument("--heart-locator", default=None, metavar="MEMBER",
-                       help="the member that locates the heart (default: the first)")
+                       help="the member that locates the heart (default: the one with the "
+                            "best validation Dice in the manifest)")
 
 
 def _pixels(text: str) -> int:

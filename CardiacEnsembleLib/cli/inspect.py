@@ -83,8 +83,7 @@ def _measured_lines(raw: dict) -> list[str]:
 
 
 def _member_line(entry) -> str:
-    validation = entry.validation
-    dice = validation.get("mean") if isinstance(validation, dict) else validation
+    dice = entry.validation_dice
     view = f"2.5D±{entry.context_slices}" if entry.context_slices else "2D"
     return (f"  {entry.name:20s} {entry.arch + '/' + entry.encoder:28s} {view:7s} "
             f"{entry.size_bytes / 1e6:5.1f} MB  sha256 {entry.sha256[:12]}  "

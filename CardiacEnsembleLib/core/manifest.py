@@ -140,8 +140,15 @@ class ManifestMember:
     context_slices: int = 0
     version: str = ""
     size_bytes: int = 0
-    validation: Optional[float] = None
+    validation: Optional[dict | float] = None  # Dice per structure and "mean" (old: a number)
     download_url: Optional[str] = None
+
+    @property
+    def validation_dice(self) -> Optional[float]:
+        """The member's mean validation Dice, if the manifest records it."""
+        if isinstance(self.validation, dict):
+            return self.validation.get("mean")
+        return self.validation
 
 
 @dataclass

@@ -81,8 +81,8 @@ class Ensemble:
     postprocess: tuple[str, ...] = ()  # steps of `postprocess.POSTPROCESS_STEPS` after fusion
     max_memory_gb: Optional[float] = None  # None: `core.limits`' default or its variable
     # heart-region inference (`heart_region`): None runs every member on the full grid; a margin
-    # in network-grid pixels runs the others on the box the locator (the member named, or the
-    # first) found
+    # in network-grid pixels runs the others on the box the locator found (the member named:
+    # `load_ensemble` names the best-validated one; None or a member left out: the first)
     heart_margin: Optional[int] = None
     heart_locator: Optional[str] = None
 
@@ -309,7 +309,8 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
             optimize_for_inference(member.network)
         loaded.append(member)
     return Ensemble(loaded, rule, weights, tta, torch_device, manifest.description, steps,
-                    heart_margin=heart_margin, heart_locator=heart_locator)
+                    heart_margin=heart_margin,
+                    heart_locator=heart_locator or _best_validated(entries))
 
 
 def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:
@@ -320,6 +321,15 @@ def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> lis
         raise MemberError(f"{manifest.path}: no member(s) named {unknown}; "
                           f"available: {sorted(manifest.names)}")
     return [manifest.member(n) for n in members]
+
+
+def _best_validated(entries: Sequence) -> str:
+    """The member with the best validation Dice the manifest records (the first if none does):
+    the heart locator unless one is named, since its full-grid result is also the most reliable
+    box."""
+    scored = [entry for entry in entries if entry.validation_dice is not None]
+    return max(scored, key=lambda entry: entry.validation_dice).name if scored else \
+        entries[0].name
 
 
 def _chosen_weights(manifest: Manifest, names: Sequence[str],

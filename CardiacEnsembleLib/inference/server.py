@@ -227,7 +227,7 @@ class Server:
             ensemble = ensemble.subset(list(request.members))
         if request.heart_margin is not None:
             ensemble = replace(ensemble, heart_margin=request.heart_margin,
-                               heart_locator=request.heart_locator)
+                               heart_locator=request.heart_locator or ensemble.heart_locator)
         return ensemble, reused
 
     def _progress(self, done, total, message) -> None:

@@ -116,3 +116,14 @@ def test_the_other_members_see_the_box_only(pair, patient_dir, monkeypatch):
     assert seen[0] == (LOCATOR, None)
     assert seen[1][0] == OTHER and seen[1][1] is not None
     assert seen[1][1][-2] % 32 == 0 and seen[1][1][-1] % 32 == 0
+
+
+def test_the_default_locator_is_the_member_with_the_best_validation_dice():
+    from CardiacEnsembleLib.core.manifest import read_manifest
+
+    manifest = read_manifest(DEFAULT_MODELS_DIR)
+    best = max(manifest.members, key=lambda entry: entry.validation_dice).name
+    ensemble = load_ensemble(DEFAULT_MODELS_DIR, device="cpu", heart_margin=32)
+    assert ensemble.names[ensemble.locator_index] == best
+    without = ensemble.subset([name for name in ensemble.names if name != best])
+    assert without.locator_index == 0  # a subset without it: the first member locates
