@@ -115,3 +115,23 @@ def test_a_structure_that_loses_fails_the_no_loss_target(scored):
            "0.2)" in lines
     assert any(line.startswith("- gain over the best member (b, ") and
                ": +0.67 points" in line and "**met**" in line for line in lines)
+
+
+def test_the_comparison_table_puts_runs_side_by_side_with_their_means(tmp_path):
+    from CardiacEnsembleDev.release.compare import comparison_table
+
+    def run(name, dice_rv):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = ["patient,group,phase,method,structure,dice,hd95_mm,msd_mm,flag,seconds"]
+        for phase in ("ED", "ES"):
+            for structure, dice in (("RV", dice_rv), ("Myo", 0.8), ("LV", 0.9)):
+                rows.append(f"p1,NOR,{phase},ensemble-weighted+lcc,{structure},{dice},3.0,1.0,,1")
+                rows.append(f"p1,NOR,{phase},other,{structure},0.1,30.0,9.0,,1")
+        (folder / "scores.csv").write_text("\n".join(rows) + "\n")
+        return folder
+
+    table = comparison_table([run("full", 0.7), run("margin-16", 1.0)]).splitlines()
+    assert table[2] == "| full | 2 | 0.7000 | 0.8000 | 0.9000 | 0.8000 | 3.00 / 3.00 / 3.00 | 3.00 |"
+    assert table[3].startswith("| margin-16 | 2 | 1.0000 | 0.8000 | 0.9000 | 0.9000 |")
+    assert all(line.count("|") == table[0].count("|") for line in table)
