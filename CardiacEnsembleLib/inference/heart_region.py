@@ -82,7 +82,10 @@ def locate_heart(probabilities: torch.Tensor, margin: int, multiple: int) -> Hea
         raise ValueError(f"heart region: margin {margin} must be >= 0 and multiple {multiple} "
                          f">= 1")
     grid_hw = (int(probabilities.shape[-2]), int(probabilities.shape[-1]))
-    projected = (probabilities.argmax(dim=1) > 0).any(dim=0).cpu().numpy()
+    # argmax != background, as a comparison: torch's argmax over the class axis took 0.15 s of
+    # a 1.4 s frame on the CPU, this takes 0.01 s (ties go to the background in both)
+    foreground = probabilities[:, 1:].amax(dim=1) > probabilities[:, 0]
+    projected = foreground.any(dim=0).cpu().numpy()
     if not projected.any():
         return HeartRegion(None, "the locator found no heart; every member ran on the full grid")
     rows, columns = np.nonzero(_largest_component(projected))
