@@ -7,22 +7,22 @@ kills it (its whole process group: `PythonSlicer` is a launcher with the real Py
 child) within a second; a crash or an out-of-memory kill gives one `WorkerError` and touches no
 scene; it ends with the module, freeing GPU memory. The next request starts a new one.
 
-The main thread never blocks here: a reader thread only parses the worker's stdout lines into a
-queue (it needs the GIL only for a moment per line), and `WorkerJob.poll()` drains that queue
-(a QTimer in the panel). `WorkerJob.wait()` blocks (console, tests, batch) and releases the GIL
-while it waits. No MRML, Qt or torch is imported here.
+No thread on this side: the worker's stdout is a non-blocking pipe, and `WorkerJob.poll()` reads
+what has arrived (a QTimer in the panel, on the main thread), never blocking. `WorkerJob.wait()`
+blocks (console, tests, batch) in `select`, which releases the GIL while it waits. No MRML, Qt or
+torch is imported here.
 """
 from __future__ import annotations
 
 import json
 import os
 import queue
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -92,22 +92,72 @@ def default_python() -> str:
     return found
 
 
-def _read_lines(stream, events: "queue.Queue[dict]") -> None:
-    """Reader thread: the worker's stdout lines into `events`, parsed only; then an exit."""
-    with stream:
-        for line in stream:
+def _parse_line(line: str) -> dict:
+    """One stdout line of the worker as an event (anything else is reported as output)."""
+    try:
+        event = json.loads(line)
+    except ValueError:  # not a protocol line: nothing else should reach stdout
+        event = None
+    return event if isinstance(event, dict) else {"event": "output", "message": line.rstrip()}
+
+
+class _EventPipe:
+    """The worker's stdout as events, read without a thread: the pipe is non-blocking, and
+    `get_nowait` / `get` read what has arrived on the caller's thread (the panel's QTimer, or
+    the console's `wait`). Why no reader thread: inside Slicer, PythonQt holds the GIL on the
+    main thread, so a Python thread only moves when the main thread runs Python anyway."""
+
+    def __init__(self, stream) -> None:
+        self._fd = stream.fileno()
+        self._stream = stream  # kept open until the end is read
+        os.set_blocking(self._fd, False)
+        self._partial = b""
+        self._events: list[dict] = []
+        self._ended = False
+
+    def _read_available(self) -> None:
+        while not self._ended:
             try:
-                event = json.loads(line)
-            except ValueError:  # not a protocol line: nothing else should reach stdout
-                event = None
-            if not isinstance(event, dict):
-                event = {"event": "output", "message": line.rstrip()}
-            events.put(event)
-    events.put({"event": "exit"})
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:  # the pipe broke with the process
+                chunk = b""
+            if not chunk:
+                if self._partial:
+                    self._events.append(_parse_line(self._partial.decode("utf-8", "replace")))
+                self._events.append({"event": "exit"})
+                self._ended = True
+                self._stream.close()
+                return
+            *lines, self._partial = (self._partial + chunk).split(b"\n")
+            self._events += [_parse_line(line.decode("utf-8", "replace")) for line in lines
+                             if line.strip()]
+
+    def get_nowait(self) -> dict:
+        self._read_available()
+        if not self._events:
+            raise queue.Empty
+        return self._events.pop(0)
+
+    def get(self, timeout: float) -> dict:
+        """The next event, waiting at most `timeout` seconds (the GIL released meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                if os.name == "nt":  # select() takes sockets only there
+                    time.sleep(min(left, 0.02))
+                else:
+                    select.select([self._fd], [], [], left)
 
 
 class _Process:
-    """One worker process, its stdout reader and its log file."""
+    """One worker process, its stdout events and its log file."""
 
     def __init__(self, python: str, threads: int, folder: Path, env: Optional[dict]) -> None:
         self.log_path = folder / f"worker-{time.strftime('%H%M%S')}-{id(self):x}.log"
@@ -115,22 +165,18 @@ class _Process:
         environment["PYTHONPATH"] = os.pathsep.join(
             p for p in (LIB_PARENT, environment.get("PYTHONPATH", "")) if p)
         command = [python, "-m", MODULE] + (["--threads", str(threads)] if threads else [])
-        self.events: "queue.Queue[dict]" = queue.Queue()
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                cwd=LIB_PARENT, env=environment, text=True, encoding="utf-8",
-                errors="replace", bufsize=1, **_new_process_group())
-        self.reader = threading.Thread(target=_read_lines, args=(self.popen.stdout, self.events),
-                                       name="CardiacEnsemble-worker-reader", daemon=True)
-        self.reader.start()
+                cwd=LIB_PARENT, env=environment, bufsize=0, **_new_process_group())
+        self.events = _EventPipe(self.popen.stdout)
 
     @property
     def alive(self) -> bool:
         return self.popen.poll() is None
 
     def send(self, folder: Path) -> None:
-        self.popen.stdin.write(json.dumps({"request": str(folder)}) + "\n")
+        self.popen.stdin.write((json.dumps({"request": str(folder)}) + "\n").encode("utf-8"))
         self.popen.stdin.flush()
 
     def kill(self) -> None:
@@ -154,7 +200,7 @@ class _Process:
         self.kill()
 
     def close(self) -> None:
-        """Close our end of stdin; stdout is the reader's, closed when it reads the end."""
+        """Close our end of stdin; stdout is closed when its end is read (`_EventPipe`)."""
         try:
             self.popen.stdin.close()
         except OSError:  # the pipe broke with the process: nothing left to flush

@@ -226,6 +226,20 @@ def test_a_main_thread_holding_the_gil_between_polls_still_gets_its_segmentation
     np.testing.assert_array_equal(job.result().labels, direct.labels)
 
 
+def test_the_client_runs_no_thread_of_its_own(worker, request_, ed_case):
+    """Inside Slicer a Python thread only moves when the main thread runs Python: the client
+    reads the worker's pipe on the caller's thread instead."""
+    import threading
+
+    before = {thread.ident for thread in threading.enumerate()}
+    job = worker.submit(ed_case, request_)
+    assert job.wait(HANG_GUARD)
+    job.result()
+    assert {thread.ident for thread in threading.enumerate()} <= before
+    assert not [thread.name for thread in threading.enumerate()
+                if thread.name.startswith("CardiacEnsemble")]  # the old reader's name
+
+
 def test_the_client_imports_neither_mrml_nor_torch():
     code = ("import sys, CardiacEnsembleLib.slicer.worker; "
             "print('slicer' in sys.modules, 'torch' in sys.modules)")
