@@ -83,7 +83,7 @@ ENSEMBLE = "ensemble"
 
 #: The margin (pixels of the members' 1.5 mm network grid) that heart-region inference grows
 #: the located heart by, where a user does not choose one (`--heart-margin`, the panel's
-#: "Heart region only"). Chosen on the validation split; see README, "Heart-region inference".
+#: "Heart region only"). Chosen on the validation split; see docs/usage.md, "Heart-region inference".
 HEART_MARGIN_PX = 16
 
 
