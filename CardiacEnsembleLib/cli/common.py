@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from CardiacEnsembleLib.core.options import FUSION_RULES
+from CardiacEnsembleLib.core.options import FUSION_RULES, Backend, Preset
 
 #: Exit status of an error the user can act on (a wrong file, an existing output, a bad member).
 EXIT_USAGE = 2
@@ -59,6 +59,10 @@ class ProgressBar:
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--models, --members, --fusion, --tta, --device: which ensemble a command runs."""
     group = parser.add_argument_group("ensemble")
+    group.add_argument("--preset", default=None, choices=Preset.values(),
+                       help="the accuracy-cost choice, from the manifest (`models` lists each "
+                            "with its time and validation Dice): fast, balanced, full; "
+                            "options below replace its settings (default: the manifest's)")
     group.add_argument("--models", type=Path, default=None,
                        help="folder with manifest.json and member folders "
                             "(default: the ensemble shipped with the package)")
@@ -66,12 +70,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help=f"use only these members (names from `{PROG} models`)")
     group.add_argument("--fusion", default=None, choices=FUSION_RULES,
                        help="fusion rule (default: the manifest's)")
-    group.add_argument("--tta", action="store_true", help="flip test-time augmentation (3x cost)")
+    group.add_argument("--tta", action="store_true", default=None,
+                       help="flip test-time augmentation (3x cost)")
     group.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda")
+    group.add_argument("--backend", default=Backend.AUTO.value, choices=Backend.values(),
+                       help="what runs the networks: auto = ONNX Runtime on the CPU when "
+                            "installed (same labels as torch, about half the time; exported "
+                            "once into a cache), torch on CUDA; torch = the reference")
     group.add_argument("--heart-margin", type=_pixels, default=None, metavar="PIXELS",
                        help="heart-region inference: the other members run only on the box "
                             "the locator member finds around the heart, grown by PIXELS of the "
-                            "network grid (e.g. 32); default: every member on the full grid")
+                            "network grid (e.g. 16); default: the preset's")
     group.add_argument("--heart-locator", default=None, metavar="MEMBER",
                        help="the member that locates the heart (default: the one with the "
                             "best validation Dice in the manifest)")
@@ -110,15 +119,19 @@ def load_ensemble(args: argparse.Namespace):
     folder = models_dir(args)
     ensemble = load(folder, members=args.members, fusion=args.fusion, device=args.device,
                     tta=args.tta, heart_margin=args.heart_margin,
-                    heart_locator=args.heart_locator)
+                    heart_locator=args.heart_locator, backend=args.backend,
+                    preset=args.preset)
     note = read_manifest(folder).note
     if note and getattr(args, "verbose", False):
         print(f"note: {note}")
     steps = f" + {'+'.join(ensemble.postprocess)}" if ensemble.postprocess else ""
     region = "" if ensemble.heart_margin is None else \
-        f" | heart region: {ensemble.names[ensemble.locator_index]} + {ensemble.heart_margin} px"
-    say(args, f"ensemble: {', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
-              f"device {ensemble.device}{' | flip TTA' if ensemble.tta else ''}{region}")
+        f" | heart region: {ensemble.locator_name}" \
+        f"{' (locates only)' if ensemble.locator is not None else ''} + {ensemble.heart_margin} px"
+    preset = f"preset {ensemble.preset} | " if ensemble.preset else ""
+    say(args, f"ensemble: {preset}{', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
+              f"device {ensemble.device} ({ensemble.backend})"
+              f"{' | flip TTA' if ensemble.tta else ''}{region}")
     return ensemble
 
 

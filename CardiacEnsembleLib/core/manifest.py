@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import MemberError
 from .labels import LABEL_NAMES, NUM_CLASSES
-from .options import FusionRule, check_steps
+from .options import FusionRule, Preset, check_steps
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"  # a member folder's weights (safetensors)
@@ -151,6 +151,34 @@ class ManifestMember:
         return self.validation
 
 
+@dataclass(frozen=True)
+class PresetEntry:
+    """One preset of the manifest: what runs (None: the manifest's own setting) and what the
+    release measured for it (validation Dice, seconds per frame on the benchmark machine)."""
+
+    name: str
+    members: Optional[tuple[str, ...]] = None  # None: every member
+    heart_margin: Optional[int] = None  # None: the full grid
+    heart_locator: Optional[str] = None  # None: the best-validated member
+    fusion: Optional[str] = None
+    postprocess: Optional[tuple[str, ...]] = None
+    tta: bool = False
+    validation_dice: Optional[float] = None
+    seconds_per_frame: Optional[float] = None
+    note: str = ""
+
+    def describe(self) -> str:
+        """What it costs and what it scored, for `models` and the Slicer panel."""
+        parts = []
+        if self.seconds_per_frame is not None:
+            parts.append(f"{self.seconds_per_frame:.2f} s/frame")
+        if self.validation_dice is not None:
+            parts.append(f"validation Dice {self.validation_dice:.4f}")
+        if self.note:
+            parts.append(self.note)
+        return " | ".join(parts) or "not measured"
+
+
 @dataclass
 class Manifest:
     """`manifest.json` of a models folder, typed; `raw` keeps every key (the release's recorded
@@ -166,6 +194,8 @@ class Manifest:
     note: str = ""
     description: str = ""
     raw: dict = field(default_factory=dict)
+    presets: dict[str, PresetEntry] = field(default_factory=dict)
+    default_preset: Optional[str] = None  # None: every member on the full grid
 
     @property
     def path(self) -> Path:
@@ -252,8 +282,54 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
     if fusion is FusionRule.WEIGHTED and table is None:
         raise MemberError(f"{path}: fusion rule 'weighted' needs fusion weights, and the "
                           f"manifest gives none; add \"weights\" or choose another rule")
+    presets = _presets(raw.get("presets") or {}, [m.name for m in members], path)
+    default = raw.get("default_preset")
+    if default is not None and default not in presets:
+        raise MemberError(f"{path}: default_preset {default!r} is not one of its presets "
+                          f"({', '.join(presets) or 'none'})")
     return Manifest(models_dir, raw.get("name", ""), str(raw.get("version", "")), members,
-                    fusion, table, steps, raw.get("note", ""), raw.get("description", ""), raw)
+                    fusion, table, steps, raw.get("note", ""), raw.get("description", ""), raw,
+                    presets, default)
+
+
+def _presets(entries: Any, names: Sequence[str], path: Path) -> dict[str, PresetEntry]:
+    """The manifest's presets, each a known name whose members, rule and steps exist."""
+    if not isinstance(entries, dict):
+        raise MemberError(f"{path}: \"presets\" must be an object {{name: settings}}, not "
+                          f"{entries!r:.80}")
+    known = set(PresetEntry.__dataclass_fields__) - {"name"}
+    presets = {}
+    for name, entry in entries.items():
+        where = f"{path}: preset {name!r}"
+        try:
+            Preset.parse(name, "preset")
+            if not isinstance(entry, dict):
+                raise ValueError(f"expected an object, not {entry!r:.60}")
+            unknown = sorted(set(entry) - known)
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(unknown)}")
+            values = dict(entry)
+            if values.get("members") is not None:
+                values["members"] = tuple(_as_list_of_names(values["members"], "members"))
+                missing = [m for m in values["members"] if m not in names]
+                if missing or not values["members"]:
+                    raise ValueError(f"members {missing or '[]'} are not the manifest's "
+                                     f"({', '.join(names)})")
+            if values.get("heart_locator") not in (None, *names):
+                raise ValueError(f"heart_locator {values['heart_locator']!r} is not a member of "
+                                 f"the manifest")
+            margin = values.get("heart_margin")
+            if margin is not None and (not isinstance(margin, int) or margin < 0):
+                raise ValueError(f"heart_margin {margin!r}: expected pixels >= 0 or null")
+            if values.get("fusion") is not None:
+                values["fusion"] = FusionRule.parse(values["fusion"], "fusion rule").value
+            if values.get("postprocess") is not None:
+                values["postprocess"] = check_steps(_as_list_of_names(values["postprocess"],
+                                                                      "postprocess"))
+        except ValueError as error:
+            raise MemberError(f"{where}: {error}") from None
+        presets[name] = PresetEntry(name=name, **values)
+    return presets
 
 
 def _member_entries(entries: Any, path: Path) -> list[ManifestMember]:

@@ -47,6 +47,25 @@ class PostprocessStep(_Choice):
     HEART = "heart"  # keep the largest connected object of all foreground
 
 
+class Backend(_Choice):
+    """What runs a member's network (see `inference.onnx_runtime`). Labels are equal either way
+    (checked on real frames); the choice is cost only."""
+
+    AUTO = "auto"  # ONNX Runtime on the CPU when it is installed, torch otherwise and on CUDA
+    ONNXRUNTIME = "onnxruntime"  # an ONNX export of the member's weights, cached, CPU only
+    TORCH = "torch"  # the reference: the training path and the CUDA path
+
+
+class Preset(_Choice):
+    """A point on the accuracy-cost front: a member set, a fusion and clean-up, and where the
+    members run, chosen on validation and recorded in the manifest (`core.manifest`), with its
+    measured time per frame."""
+
+    FAST = "fast"
+    BALANCED = "balanced"
+    FULL = "full"
+
+
 #: The rule list as plain strings, for argparse choices and the Slicer panel.
 FUSION_RULES: tuple[str, ...] = FusionRule.values()
 POSTPROCESS_STEPS: tuple[str, ...] = PostprocessStep.values()

@@ -20,6 +20,9 @@ REQUIREMENTS: dict[str, str] = {
     "nibabel": "nibabel>=5.2",
     "segmentation_models_pytorch": "segmentation-models-pytorch>=0.5,<0.7",
     "safetensors": "safetensors>=0.4",
+    # the CPU path (inference.onnx_runtime); without them the members run with torch
+    "onnxruntime": "onnxruntime>=1.18",
+    "onnx": "onnx>=1.16",
 }
 #: Distributions Slicer (or the PyTorch extension) installed: pip may need them, never replace
 #: them (a pip-built torch loses the CUDA build; another SimpleITK breaks Slicer's own).

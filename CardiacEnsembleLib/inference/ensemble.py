@@ -23,19 +23,21 @@ import torch
 from CardiacEnsembleLib.core.case import Case, MemberOutput, Prediction
 from CardiacEnsembleLib.core.errors import MemberError
 from CardiacEnsembleLib.core.manifest import (DEFAULT_MODELS_DIR, MANIFEST_FILE,  # noqa: F401
-                                              Manifest, WeightTable, check_member_files,
-                                              read_manifest)
-from CardiacEnsembleLib.core.options import FusionRule, Method
+                                              Manifest, PresetEntry, WeightTable,
+                                              check_member_files, read_manifest)
+from CardiacEnsembleLib.core.options import Backend, FusionRule, Method, Preset
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
 from CardiacEnsembleLib.inference.fusion import FusionResult, fuse
+from CardiacEnsembleLib.inference import onnx_runtime
 from CardiacEnsembleLib.inference.heart_region import HeartRegion, locate_heart
 from CardiacEnsembleLib.inference.members import (Member, MemberSpec, load_member,  # noqa: F401
                                                   load_verified, verify_member)
+from CardiacEnsembleLib.inference.onnx_runtime import OnnxNetwork
 from CardiacEnsembleLib.inference.postprocess import apply_steps, check_steps, lone_member_steps
 from CardiacEnsembleLib.inference.preprocess import PreprocessSpec, check_volume, prepare_slices
-from CardiacEnsembleLib.inference.runner import (add_stage, network_probabilities,
-                                                 optimize_for_inference, pick_device,
-                                                 restore_timed)
+from CardiacEnsembleLib.inference.runner import (DeviceError, add_stage,
+                                                 network_probabilities, optimize_for_inference,
+                                                 pick_device, restore_timed)
 from CardiacEnsembleLib.inference.sanity import check_intensities, prediction_warnings
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,11 @@ class Ensemble:
     # `load_ensemble` names the best-validated one; None or a member left out: the first)
     heart_margin: Optional[int] = None
     heart_locator: Optional[str] = None
+    # a network that only locates the heart, outside `members` (no vote): a cheap member
+    # finding the box lets even the best member run on the box alone (the fast preset)
+    locator: Optional[Member] = None
+    backend: str = "torch"  # what runs the networks (`load_ensemble`'s choice, for the record)
+    preset: Optional[str] = None  # the manifest preset it was loaded as, if any
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -152,6 +159,12 @@ class Ensemble:
                                          progress, cancel, timings, regions)
 
     @property
+    def locator_name(self) -> str:
+        """The network that locates the heart under `heart_margin`."""
+        return self.locator.name if self.locator is not None else \
+            self.names[self.locator_index]
+
+    @property
     def locator_index(self) -> int:
         """The member that runs on the full grid first and locates the heart for the others:
         `heart_locator`, or the first member (also when a `subset` left the named one out)."""
@@ -174,15 +187,15 @@ class Ensemble:
         timings = {} if timings is None else timings
         volume = volume.to(self.device)
         slices_per_member = int(np.prod(volume.shape[:-2]))
-        total = len(self.members) * slices_per_member
-        prepared: dict[PreprocessSpec, tuple] = {}
-        order = list(range(len(self.members)))
+        order: list[Optional[int]] = list(range(len(self.members)))
         if self.heart_margin is not None:
-            order.insert(0, order.pop(self.locator_index))
+            order.insert(0, None if self.locator is not None else order.pop(self.locator_index))
+        total = len(order) * slices_per_member
+        prepared: dict[PreprocessSpec, tuple] = {}
         region: Optional[HeartRegion] = None
         per_member, seconds = {}, {}
         for done_members, index in enumerate(order):
-            member = self.members[index]
+            member = self.locator if index is None else self.members[index]
             started = time.perf_counter()
             spec = member.spec.preprocess
             if spec not in prepared:
@@ -196,19 +209,22 @@ class Ensemble:
                 if progress is not None:
                     progress(offset + done, total, name)
 
-            locator = self.members[order[0]]
+            locator = self.locator if order[0] is None else self.members[order[0]]
             box = region.box if region is not None and \
                 spec == locator.spec.preprocess else None
             probabilities = network_probabilities(
                 member.network, slices, int(volume.shape[-3]), member.spec.context_slices,
-                tta=self.tta, progress=report, cancel=cancel, label=member.name,
-                timings=timings, box=box)
+                tta=self.tta and index is not None, progress=report, cancel=cancel,
+                label=member.name, timings=timings, box=box)
             if self.heart_margin is not None and region is None:
                 region = locate_heart(probabilities, self.heart_margin, spec.size_multiple)
                 if not region.found:
                     log.info("%s", region.reason)
                 if regions is not None:
                     regions.append(region)
+            if index is None:  # the locator alone: its box is all it gives
+                timings["locate"] = timings.get("locate", 0.0) + time.perf_counter() - started
+                continue
             per_member[index] = restore_timed(probabilities, grid, timings).transpose(0, 1)
             seconds[index] = time.perf_counter() - started
         indices = range(len(self.members))
@@ -280,37 +296,151 @@ class Ensemble:
 
 def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
                   members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
-                  device: str = "auto", tta: bool = False, optimize: bool = True,
+                  device: str = "auto", tta: Optional[bool] = None, optimize: bool = True,
                   postprocess: Optional[Sequence[str]] = None,
                   heart_margin: Optional[int] = None,
-                  heart_locator: Optional[str] = None) -> Ensemble:
+                  heart_locator: Optional[str] = None,
+                  backend: str = Backend.AUTO, preset: Optional[str] = None) -> Ensemble:
     """Load the ensemble a manifest describes (by default the one shipped with the package).
 
     Everything is checked before the first network is built, so a bad models folder costs
     nothing: the manifest (`read_manifest`: entries, hashes, rule, steps, weights), the rule
     and weights for the members asked for, and every member's files (its spec, its weights
     against the spec, both against the manifest, its config). `optimize` folds BatchNorm into
-    the convolutions (`inference.optimize_for_inference`).
+    the convolutions (`inference.optimize_for_inference`) of torch members.
+
+    `backend` (`core.options.Backend`): "auto" runs the members with ONNX Runtime on the CPU
+    when it is installed (`inference.onnx_runtime`: same labels, about half the time) and with
+    torch on CUDA or where it is not; "onnxruntime" insists (CPU only), "torch" is the
+    reference.
+
+    `preset` (`core.options.Preset`; default: the manifest's `default_preset`) names one of the
+    manifest's presets: its members, rule, clean-up, heart region and TTA, each replaced by an
+    option given here. A manifest without presets runs every member on the full grid.
     """
     manifest = read_manifest(models_dir)
+    settings = resolve_settings(manifest, preset, members=members, fusion=fusion,
+                                postprocess=postprocess, tta=tta, heart_margin=heart_margin,
+                                heart_locator=heart_locator)
+    members, fusion, postprocess = settings.members, settings.fusion, settings.postprocess
+    tta, heart_margin, heart_locator = settings.tta, settings.heart_margin, settings.heart_locator
     entries = _chosen_entries(manifest, members)
-    if heart_locator is not None and heart_locator not in [e.name for e in entries]:
+    outside = heart_locator is not None and heart_margin is not None and \
+        heart_locator in manifest.names and heart_locator not in [e.name for e in entries]
+    locator_entry = manifest.member(heart_locator) if outside else None
+    if heart_locator is not None and heart_locator not in [e.name for e in entries] and \
+            locator_entry is None:
         raise MemberError(f"{manifest.path}: heart locator {heart_locator!r} is not one of the "
-                          f"members that run ({', '.join(e.name for e in entries)})")
+                          f"members that run ({', '.join(e.name for e in entries)}), nor a "
+                          f"member of the manifest to locate with ({', '.join(manifest.names)})")
     rule = FusionRule.parse(fusion or manifest.fusion.value, "fusion rule").value
     steps = check_steps(manifest.postprocess if postprocess is None else postprocess)
     weights = _chosen_weights(manifest, [e.name for e in entries], rule)
     specs = [_verified_spec(manifest, entry) for entry in entries]
+    locator_spec = None if locator_entry is None else _verified_spec(manifest, locator_entry)
     torch_device = pick_device(device)
+    chosen = _chosen_backend(Backend.parse(backend, "backend"), torch_device)
     loaded = []
     for entry, spec in zip(entries, specs):
-        member = load_verified(manifest.models_dir / entry.folder, spec, torch_device)
-        if optimize:
-            optimize_for_inference(member.network)
+        folder = manifest.models_dir / entry.folder
+        member = _loaded_member(folder, spec, torch_device, chosen, optimize)
+        chosen = Backend.ONNXRUNTIME if isinstance(member.network, OnnxNetwork) else \
+            Backend.TORCH
         loaded.append(member)
-    return Ensemble(loaded, rule, weights, tta, torch_device, manifest.description, steps,
+    locator = None if locator_entry is None else _loaded_member(
+        manifest.models_dir / locator_entry.folder, locator_spec, torch_device, chosen, optimize)
+    return Ensemble(loaded, rule, weights, bool(tta), torch_device, manifest.description, steps,
                     heart_margin=heart_margin,
-                    heart_locator=heart_locator or _best_validated(entries))
+                    heart_locator=heart_locator or best_validated(entries),
+                    locator=locator, backend=chosen.value, preset=settings.preset)
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """What runs, once a preset and the options given beside it are combined (None: the
+    manifest's own member list, rule or clean-up; no heart margin: the full grid)."""
+
+    members: Optional[tuple[str, ...]] = None
+    fusion: Optional[str] = None
+    postprocess: Optional[tuple[str, ...]] = None
+    tta: bool = False
+    heart_margin: Optional[int] = None
+    heart_locator: Optional[str] = None
+    preset: Optional[str] = None
+
+
+def resolve_settings(manifest: Manifest, preset: Optional[str] = None, *,
+                     members: Optional[Sequence[str]] = None, fusion: Optional[str] = None,
+                     postprocess: Optional[Sequence[str]] = None, tta: Optional[bool] = None,
+                     heart_margin: Optional[int] = None,
+                     heart_locator: Optional[str] = None) -> EnsembleSettings:
+    """The preset (default: the manifest's `default_preset`), each setting replaced by the
+    option given; `load_ensemble` and the Slicer worker decide with this one function."""
+    entry = _chosen_preset(manifest, preset)
+    if entry is not None:
+        members = entry.members if members is None else members
+        fusion = fusion or entry.fusion
+        postprocess = entry.postprocess if postprocess is None else postprocess
+        tta = entry.tta if tta is None else tta
+        heart_margin = entry.heart_margin if heart_margin is None else heart_margin
+        if heart_locator is None and (members is None or entry.members is None
+                                      or tuple(members) == entry.members):
+            heart_locator = entry.heart_locator  # the preset's, unless its members changed
+    return EnsembleSettings(None if members is None else tuple(members), fusion,
+                            None if postprocess is None else tuple(postprocess), bool(tta),
+                            heart_margin, heart_locator,
+                            entry.name if entry is not None else None)
+
+
+def _chosen_preset(manifest: Manifest, preset: Optional[str]) -> Optional[PresetEntry]:
+    """The manifest's preset named (None: its default, which may be none)."""
+    if preset is None:
+        preset = manifest.default_preset
+        if preset is None:
+            return None
+    try:
+        name = Preset.parse(preset, "preset").value
+    except ValueError as error:
+        raise MemberError(f"{manifest.path}: {error}") from None
+    if name == Preset.FULL and name not in manifest.presets:
+        return None  # every member on the full grid: what a manifest without presets runs
+    if name not in manifest.presets:
+        raise MemberError(f"{manifest.path}: defines no preset {name!r} (its presets: "
+                          f"{', '.join(manifest.presets) or 'none'})")
+    return manifest.presets[name]
+
+
+def _chosen_backend(backend: Backend, device: torch.device) -> Backend:
+    """AUTO -> ONNX Runtime on the CPU where it is installed (AUTO is kept: a failed export
+    may still fall back), torch on CUDA; ONNX Runtime on CUDA is refused."""
+    if backend == Backend.ONNXRUNTIME and device.type != "cpu":
+        raise DeviceError(f"the onnxruntime backend runs on the CPU only, not {device}; use "
+                          f"--device cpu, or --backend torch for the GPU")
+    if backend == Backend.AUTO and (device.type != "cpu" or not onnx_runtime.available()):
+        return Backend.TORCH
+    return backend
+
+
+def _loaded_member(folder: Path, spec: MemberSpec, device: torch.device, backend: Backend,
+                   optimize: bool) -> Member:
+    """One verified member, run by `backend`; under AUTO an export that cannot be made (no
+    `onnx`, an unwritable cache folder) falls back to torch and says why in the log."""
+    if backend != Backend.TORCH:
+        try:
+            return Member(spec, onnx_runtime.load_onnx_member(folder, spec), folder)
+        except (onnx_runtime.BackendUnavailable, OSError) as error:
+            if backend == Backend.ONNXRUNTIME:
+                if isinstance(error, OSError):
+                    raise MemberError(f"{onnx_runtime.cache_dir()}: cannot cache the ONNX "
+                                      f"export of {spec.name!r} ({error}); set "
+                                      f"{onnx_runtime.CACHE_ENVIRONMENT_VARIABLE} to a "
+                                      f"writable folder, or use --backend torch") from error
+                raise
+            log.warning("running %s with torch: %s", spec.name, error)
+    member = load_verified(folder, spec, device)
+    if optimize:
+        optimize_for_inference(member.network)
+    return member
 
 
 def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:
@@ -323,7 +453,7 @@ def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> lis
     return [manifest.member(n) for n in members]
 
 
-def _best_validated(entries: Sequence) -> str:
+def best_validated(entries: Sequence) -> str:
     """The member with the best validation Dice the manifest records (the first if none does):
     the heart locator unless one is named, since its full-grid result is also the most reliable
     box."""

@@ -160,7 +160,7 @@ def create_network(spec: MemberSpec) -> torch.nn.Module:
 @dataclass
 class Member:
     spec: MemberSpec
-    network: torch.nn.Module
+    network: torch.nn.Module  # or an `onnx_runtime.OnnxNetwork`: called the same way
     folder: Path | None = None
 
     @property

@@ -69,7 +69,9 @@ def predict_slices(network: torch.nn.Module, slices: torch.Tensor, *, tta: bool 
         for start in range(0, total, batch_size):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            batch = slices[start:start + batch_size].contiguous(memory_format=torch.channels_last)
+            batch = slices[start:start + batch_size]
+            if isinstance(network, torch.nn.Module):  # an ONNX session takes plain NCHW
+                batch = batch.contiguous(memory_format=torch.channels_last)
             probabilities = torch.softmax(network(batch).float(), dim=1)
             if tta:
                 for dims in ((-1,), (-2,)):

@@ -58,8 +58,9 @@ class EnsembleRequest:
     fusion: Optional[str] = None  # None: the manifest's rule
     tta: bool = False
     device: str = "auto"
-    heart_margin: Optional[int] = None  # None: every member on the full grid (`heart_region`)
-    heart_locator: Optional[str] = None  # None: the first member
+    heart_margin: Optional[int] = None  # None: the preset's (`heart_region`)
+    heart_locator: Optional[str] = None  # None: the preset's, else the best-validated member
+    preset: Optional[str] = None  # None: the manifest's default preset (`core.options.Preset`)
 
     @property
     def load_key(self) -> tuple:
@@ -69,7 +70,7 @@ class EnsembleRequest:
         return {"models_dir": self.models_dir, "tta": self.tta, "device": self.device,
                 "members": None if self.members is None else list(self.members),
                 "fusion": self.fusion, "heart_margin": self.heart_margin,
-                "heart_locator": self.heart_locator}
+                "heart_locator": self.heart_locator, "preset": self.preset}
 
     @classmethod
     def from_json(cls, data: dict) -> "EnsembleRequest":
@@ -77,7 +78,8 @@ class EnsembleRequest:
         margin = data.get("heart_margin")
         return cls(str(data["models_dir"]), None if members is None else tuple(members),
                    data.get("fusion"), bool(data.get("tta", False)), str(data["device"]),
-                   None if margin is None else int(margin), data.get("heart_locator"))
+                   None if margin is None else int(margin), data.get("heart_locator"),
+                   data.get("preset"))
 
 
 # --- the files: written and read by both sides --------------------------------------------
@@ -208,26 +210,37 @@ class Server:
         changed). Members go through `Ensemble.subset`, so a lone member is its own argmax."""
         from dataclasses import replace
 
-        from CardiacEnsembleLib.inference.ensemble import load_ensemble
+        from CardiacEnsembleLib.core.manifest import read_manifest
+        from CardiacEnsembleLib.inference.ensemble import (best_validated, load_ensemble,
+                                                           resolve_settings)
 
+        manifest = read_manifest(request.models_dir)
+        settings = resolve_settings(manifest, request.preset, members=request.members,
+                                    fusion=request.fusion, heart_margin=request.heart_margin,
+                                    heart_locator=request.heart_locator)
         reused = self._key == request.load_key
         if not reused:
             self._ensemble = self._key = None  # free the old one before loading the next
             self.emit("loading", message="loading the ensemble")
             started = time.perf_counter()
             self._ensemble = load_ensemble(request.models_dir, device=request.device,
-                                           tta=request.tta)
+                                           tta=request.tta, members=manifest.names)
             self.load_seconds = time.perf_counter() - started
             self._key = request.load_key
             self.loads += 1
-        ensemble = self._ensemble
-        if request.fusion is not None:
-            ensemble = replace(ensemble, fusion=request.fusion)
-        if request.members is not None:
-            ensemble = ensemble.subset(list(request.members))
-        if request.heart_margin is not None:
-            ensemble = replace(ensemble, heart_margin=request.heart_margin,
-                               heart_locator=request.heart_locator or ensemble.heart_locator)
+        # every member is loaded; each request takes the preset's (or its own) choice of them
+        ensemble = replace(self._ensemble, fusion=settings.fusion or manifest.fusion.value,
+                           postprocess=manifest.postprocess if settings.postprocess is None
+                           else settings.postprocess)
+        if settings.members is not None:
+            ensemble = ensemble.subset(list(settings.members))
+        locator = settings.heart_locator or best_validated(
+            [manifest.member(name) for name in ensemble.names])
+        outside = None  # a locator that does not vote (the fast preset's)
+        if settings.heart_margin is not None and locator not in ensemble.names:
+            outside = self._ensemble.members[self._ensemble.names.index(locator)]
+        ensemble = replace(ensemble, heart_margin=settings.heart_margin, heart_locator=locator,
+                           locator=outside, preset=settings.preset)
         return ensemble, reused
 
     def _progress(self, done, total, message) -> None:

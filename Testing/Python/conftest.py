@@ -36,6 +36,15 @@ def pytest_report_header(config):
 
 
 def pytest_configure(config):
+    """Give the run its own ONNX export cache (the onnxruntime backend's), inherited by the
+    CLI subprocesses, so tests neither read nor fill the user's; then the slicer-core check."""
+    import tempfile
+
+    os.environ["CARDIAC_ENSEMBLE_CACHE_DIR"] = tempfile.mkdtemp(prefix="cardiac-ensemble-cache-")
+    _check_expected_slicer_core()
+
+
+def _check_expected_slicer_core() -> None:
     """In the stable-slicer-core run, refuse to start unless that version is what `import slicer`
     loads, with the vtk it was built against and its MRML classes. Why: a PYTHONPATH overlay
     that did not take effect would test the venv's slicer-core twice, and a missing one would

@@ -180,7 +180,7 @@ def test_segment_frame_output_has_the_input_affine_and_zooms_exactly(frame_run):
 def test_segment_frame_reports_the_manifest_ensemble_and_its_default_fusion(frame_run):
     _, stdout, _, _ = frame_run
     assert ensemble_line(stdout) == "ensemble: unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion mean | " \
-                                    "device cpu"
+                                    "device cpu (onnxruntime)"
 
 
 def test_cli_labels_equal_the_library_prediction_voxel_for_voxel(frame_run, folder_run,
@@ -277,7 +277,7 @@ def test_fusion_option_changes_the_rule_used(untrained_models, small_frame, smal
                  *model_options(untrained_models)])
     assert code == 0
     assert ensemble_line(capsys.readouterr().out) == \
-        "ensemble: unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion vote | device cpu"
+        "ensemble: unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion vote | device cpu (onnxruntime)"
     assert np.array_equal(read_zyx(out), vote)
 
 
@@ -292,7 +292,7 @@ def test_members_option_restricts_the_ensemble(untrained_models, small_frame, sm
                  "--members", "unet-mnv2", "fpn-mnv2", *model_options(untrained_models)])
     assert code == 0
     assert ensemble_line(capsys.readouterr().out) == \
-        "ensemble: unet-mnv2, fpn-mnv2 | fusion mean | device cpu"
+        "ensemble: unet-mnv2, fpn-mnv2 | fusion mean | device cpu (onnxruntime)"
     assert np.array_equal(read_zyx(out), pair)
 
 
