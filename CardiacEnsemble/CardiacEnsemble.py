@@ -48,7 +48,7 @@ for _folder in (_HERE, os.path.dirname(_HERE)):
 # core imports numpy only (Slicer bundles it), so these work before torch is installed.
 from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, read_manifest  # noqa: E402
 from CardiacEnsembleLib.core.options import (FUSION_RULES, HEART_MARGIN_PX,  # noqa: E402
-                                             FusionRule)
+                                             FusionRule, Preset)
 from CardiacEnsembleLib.core import requirements  # noqa: E402
 from CardiacEnsembleLib.core.terminology import TERMINOLOGY_FILE  # noqa: E402
 
@@ -69,6 +69,30 @@ def _shipped_fusion_rule(modelsDir=None) -> str:
     default gives what the command line gives; the mean rule without a usable manifest."""
     manifest = _read_manifest(modelsDir)
     return (manifest.fusion if manifest is not None else FusionRule.MEAN).value
+
+
+#: The panel's preset choice: the library's presets, then "custom" = the member boxes, fusion
+#: rule and heart-region box below, sent as they are.
+CUSTOM_PRESET = "custom"
+PRESETS = [*Preset.values(), CUSTOM_PRESET]
+
+
+def _shipped_preset(modelsDir=None) -> str:
+    """The manifest's default preset (what the command line runs), or custom without one."""
+    manifest = _read_manifest(modelsDir)
+    return (manifest.default_preset if manifest is not None else None) or CUSTOM_PRESET
+
+
+def presetSummary(preset: str, modelsDir=None) -> str:
+    """What a preset runs and costs, for the combo box's tooltip (from the manifest)."""
+    manifest = _read_manifest(modelsDir)
+    entry = manifest.presets.get(preset) if manifest is not None else None
+    if entry is None:
+        return "The member boxes, fusion rule and heart-region choice below"
+    members = ", ".join(entry.members) if entry.members else "every member"
+    region = "full grid" if entry.heart_margin is None else \
+        f"heart region ({entry.heart_margin} px)"
+    return f"{preset}: {members}; {region}; {entry.describe()}"
 
 
 DEVICES = ["auto", "cpu", "cuda"]
@@ -173,6 +197,7 @@ class CardiacEnsembleParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     groundTruth: vtkMRMLSegmentationNode
     outputSegmentation: vtkMRMLSegmentationNode
+    preset: Annotated[str, Choice(PRESETS)] = _shipped_preset()
     fusion: Annotated[str, Choice(list(FUSION_RULES))] = _shipped_fusion_rule()
     tta: bool = False
     device: Annotated[str, Choice(DEVICES)] = "auto"
@@ -292,8 +317,13 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             wasBlocked = box.blockSignals(True)
             box.checked = name not in excluded
             box.blockSignals(wasBlocked)
+        custom = not node or node.preset == CUSTOM_PRESET
+        for widget in (*self._memberCheckBoxes.values(), self.ui.fusionComboBox,
+                       self.ui.heartRegionCheckBox):
+            widget.enabled = custom  # a preset decides these itself
+        self.ui.presetComboBox.toolTip = presetSummary(node.preset if node else CUSTOM_PRESET)
         output = node.outputSegmentation if node else None
-        hasMembers = bool(self._selectedMembers())
+        hasMembers = bool(self._selectedMembers()) or not custom
         outputIsTruth = bool(output) and (output is node.groundTruth
                                           or self.logic.isGroundTruth(output))
         self.ui.segmentButton.enabled = bool(
@@ -370,9 +400,12 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self._ensureDependencies():
             return
         node = self._parameterNode
-        options = dict(members=self._selectedMembers(), fusion=node.fusion, tta=node.tta,
-                       device=node.device,
-                       heartMargin=HEART_MARGIN_PX if node.heartRegion else None)
+        if node.preset != CUSTOM_PRESET:  # the manifest's choice of members, rule and region
+            options = dict(preset=node.preset, tta=node.tta, device=node.device)
+        else:
+            options = dict(members=self._selectedMembers(), fusion=node.fusion, tta=node.tta,
+                           device=node.device, preset=Preset.FULL.value,
+                           heartMargin=HEART_MARGIN_PX if node.heartRegion else None)
         try:
             with slicer.util.WaitCursor():
                 if self.logic.isSequenceFrame(node.inputVolume):  # a cine: every frame
@@ -587,15 +620,16 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
     def segment(self, volumeNode, members=None, fusion: Optional[str] = None, tta: bool = False,
                 device: str = "auto", outputSegmentation=None, modelsDir: Optional[str] = None,
                 wait: bool = False, sequenceFrame: bool = False,
-                heartMargin: Optional[int] = None):
+                heartMargin: Optional[int] = None, preset: Optional[str] = None):
         """Start segmenting `volumeNode` in the worker process; returns the job to poll
         (`job.poll()`, `job.cancel()`), the scene untouched until `finishSegmentation`.
 
         `wait=True` (console, tests, batch) blocks and returns the `PredictionNodes` instead.
         Bad input raises `SlicerBridgeError` (a ValueError) before any work starts. The worker
         keeps the ensemble loaded, so the next segmentation skips the load; `members` (None:
-        all), `fusion`, `tta`, `device` and `heartMargin` (heart-region inference, pixels;
-        None: the full grid) are sent with each request. The volume showing a
+        all), `fusion`, `tta`, `device`, `heartMargin` (heart-region inference, pixels) and
+        `preset` (the manifest's fast / balanced / full, whose settings the others replace;
+        None: its default) are sent with each request. The volume showing a
         frame of a sequence is segmented alone only with `sequenceFrame=True` (the frame
         shown now); `segmentCine` segments every frame.
         """
@@ -606,7 +640,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         check_volume(volumeNode, allow_sequence_frame=sequenceFrame)
         if outputSegmentation is not None:  # before any work: never a ground truth
             check_output_segmentation(outputSegmentation)
-        request = self._request(members, fusion, tta, device, modelsDir, heartMargin)
+        request = self._request(members, fusion, tta, device, modelsDir, heartMargin, preset)
         job = SegmentationJob(volumeNode, self.inferenceWorker(), request,
                               output=outputSegmentation, allow_sequence_frame=sequenceFrame)
         self.job = job
@@ -615,7 +649,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
     def segmentCine(self, sequenceNode, members=None, fusion: Optional[str] = None,
                     tta: bool = False, device: str = "auto", modelsDir: Optional[str] = None,
                     wait: bool = False, name: Optional[str] = None,
-                    heartMargin: Optional[int] = None):
+                    heartMargin: Optional[int] = None, preset: Optional[str] = None):
         """Start segmenting every frame of a volume sequence (its node, its browser, or the
         volume showing its frames) in the worker process, in one request; the same kind of
         job as `segment`. Finished, it gives `CineNodes`: a segmentation sequence in the
@@ -623,12 +657,12 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         summary (ED/ES frames found on the curve, EF, stroke volume, ED myocardial mass)."""
         from CardiacEnsembleLib.slicer.cine import CineJob
 
-        request = self._request(members, fusion, tta, device, modelsDir, heartMargin)
+        request = self._request(members, fusion, tta, device, modelsDir, heartMargin, preset)
         job = CineJob(sequenceNode, self.inferenceWorker(), request, name=name)
         self.job = job
         return self.waitForCompletion(job) if wait else job
 
-    def _request(self, members, fusion, tta, device, modelsDir, heartMargin=None):
+    def _request(self, members, fusion, tta, device, modelsDir, heartMargin=None, preset=None):
         """What the worker is asked for; refused while another segmentation runs."""
         from CardiacEnsembleLib.slicer.worker import EnsembleRequest
 
@@ -637,7 +671,8 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         return EnsembleRequest(str(modelsDir or DEFAULT_MODELS_DIR),
                                tuple(members) if members else None, fusion or None,
                                bool(tta), device,
-                               None if heartMargin is None else int(heartMargin))
+                               None if heartMargin is None else int(heartMargin),
+                               preset=preset)
 
     @staticmethod
     def isSequenceFrame(volumeNode) -> bool:

@@ -211,7 +211,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
     report = args.report or Path("reports") / f"benchmark_{ensemble.device.type}.md"
     chart = report.with_suffix(".png")
     refuse_existing([report, chart], args.overwrite)
-    result = timed(ensemble, patients, repeats=args.repeats, cine_patient=cine_patient)
+    result = timed(ensemble, patients, repeats=args.repeats, cine_patient=cine_patient,
+                   **_benchmark_rivals(args, ensemble, patients[0]))
     text = report_markdown(result, command_line(args) if args.record_command else "")
     accuracy = accuracy_from_scores(args.accuracy) if args.accuracy else None
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +222,30 @@ def run_benchmark(args: argparse.Namespace) -> int:
     print("\n".join(summary_lines(result)))
     print(f"wrote {report} and {chart}")
     return 0
+
+
+def _benchmark_rivals(args: argparse.Namespace, ensemble, patient) -> dict:
+    """What the benchmark times beside `ensemble`: today's torch full-grid path, the other
+    presets of the manifest (same backend, same device), the best-validated member (alone and
+    with TTA), and a cold one-frame `segment` of `patient`'s ED frame with the same options."""
+    import sys
+
+    from CardiacEnsembleLib.core.manifest import read_manifest
+    from CardiacEnsembleLib.inference.ensemble import best_validated, load_ensemble as load
+
+    folder = models_dir(args)
+    manifest = read_manifest(folder)
+    reference = load(folder, device=args.device, backend="torch", preset="full")
+    presets = {name: load(folder, device=args.device, backend=args.backend, preset=name)
+               for name in manifest.presets if name != ensemble.preset}
+    script = Path(sys.executable).with_name("cardiac-ensemble")  # what a user runs
+    program = [str(script)] if script.is_file() else \
+        [sys.executable, "-c", "from CardiacEnsembleLib.cli import main; raise SystemExit(main())"]
+    cold = [*program, "-q", "segment",
+            str(patient.frame_path("ED")), "--models", str(folder), "--device", args.device,
+            "--backend", args.backend] + (["--preset", args.preset] if args.preset else [])
+    return {"reference": reference, "presets": presets,
+            "best_member": best_validated(manifest.members), "cold_segment": cold}
 
 
 # ------------------------------------------------------------------------ report

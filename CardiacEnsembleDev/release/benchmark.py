@@ -26,8 +26,12 @@ from CardiacEnsembleLib.core.options import Method
 from CardiacEnsembleLib.inference.ensemble import Ensemble
 
 STAGES = ("load", "preprocess", "network", "restore", "fusion", "write")
-#: The configuration name of the ensemble with heart-region inference (`--heart-margin`).
-HEART_REGION = "ensemble heart-region"
+#: Today's path, the reference of every ratio: every member with torch on the full grid.
+TORCH_FULL_GRID = "ensemble torch full-grid"
+#: The single-network rival with three passes: the best-validated member with flip TTA.
+BEST_MEMBER_TTA = "best member + flip TTA"
+#: A preset's configuration name is this prefix + its name ("preset fast").
+PRESET_PREFIX = "preset "
 
 
 class PeakMemory:
@@ -99,6 +103,9 @@ class BenchmarkResult:
     configs: list[ConfigResult]
     cine_name: str = ""
     cine_frames: int = 0
+    best_member: str = ""  # the best-validated member (its row is "best member" in ratios)
+    cold_segment_seconds: list[float] = field(default_factory=list)
+    cold_segment_peak_rss_bytes: int = 0
 
     def config(self, name: str) -> ConfigResult:
         return next(c for c in self.configs if c.name == name)
@@ -109,12 +116,16 @@ class BenchmarkResult:
 
     @property
     def member_results(self) -> list[ConfigResult]:
-        return [c for c in self.configs if not c.name.startswith("ensemble")]
+        """The members alone (every configuration that is not an ensemble, preset or rival)."""
+        return [c for c in self.configs if not c.name.startswith(("ensemble", PRESET_PREFIX))
+                and c.name != BEST_MEMBER_TTA]
+
+    def optional(self, name: str) -> Optional[ConfigResult]:
+        return next((c for c in self.configs if c.name == name), None)
 
     @property
-    def heart_region(self) -> Optional[ConfigResult]:
-        """The ensemble with heart-region inference, when it was timed too."""
-        return next((c for c in self.configs if c.name == HEART_REGION), None)
+    def presets(self) -> list[ConfigResult]:
+        return [c for c in self.configs if c.name.startswith(PRESET_PREFIX)]
 
     def ratios(self) -> dict[str, float]:
         ensemble = self.ensemble.median_frame
@@ -123,10 +134,16 @@ class BenchmarkResult:
         ratios = {"ensemble / sum of members": ensemble / sum(members),
                   "ensemble / slowest member": ensemble / max(members),
                   "fusion share of ensemble time": fusion / ensemble}
-        if self.heart_region is not None:
-            region = self.heart_region.median_frame
-            ratios["ensemble heart-region / torch full-grid"] = region / ensemble
-            ratios["ensemble heart-region / slowest member"] = region / max(members)
+        reference = self.optional(TORCH_FULL_GRID)
+        best = self.optional(self.best_member)
+        for config in [self.ensemble, *self.presets, self.optional(BEST_MEMBER_TTA)]:
+            if config is None:
+                continue
+            if reference is not None:
+                ratios[f"{config.name} / torch full-grid"] = \
+                    config.median_frame / reference.median_frame
+            if best is not None:
+                ratios[f"{config.name} / best member"] = config.median_frame / best.median_frame
         return ratios
 
 
@@ -165,24 +182,38 @@ def _time_frame(ensemble: Ensemble, patient: PatientFolder, phase: str, out_dir:
 
 def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repeats: int = 5,
                   cine_patient: Optional[PatientFolder] = None, cine_repeats: int = 2,
+                  reference: Optional[Ensemble] = None,
+                  presets: Optional[dict[str, Ensemble]] = None,
+                  best_member: Optional[str] = None,
+                  cold_segment: Optional[Sequence[str]] = None, cold_repeats: int = 3,
                   log=print) -> BenchmarkResult:
-    """Each member alone, then the ensemble on the full grid, then (if `ensemble` has a
-    `heart_margin`) the ensemble with heart-region inference, on the ED and ES frames of
-    `patients` (and the cine of `cine_patient`): one warm-up pass, then `repeats` timed passes."""
-    configs = [(m, [m]) for m in ensemble.names] + [("ensemble", ensemble.names)]
-    if ensemble.heart_margin is not None:
-        configs.append((HEART_REGION, ensemble.names))
+    """Time side by side, on the ED and ES frames of `patients` (and the cine of
+    `cine_patient`), one warm-up pass then `repeats` timed passes each: every member alone
+    (full grid, no clean-up, `ensemble`'s backend), the best member (`best_member`) with flip
+    TTA, `reference` (today's path: torch, full grid) as "ensemble torch full-grid", each of
+    `presets` as "preset <name>", and `ensemble` itself as "ensemble". `cold_segment`: a
+    command line run `cold_repeats` times as a fresh process (a one-frame `segment`): its
+    wall time and peak RSS are the cold start."""
+    full_grid = replace(ensemble, heart_margin=None, locator=None)
+    runners: list[tuple[str, Ensemble]] = []
+    for name in ensemble.names if ensemble.locator is None else \
+            [*ensemble.names, ensemble.locator.name]:
+        alone = full_grid.subset([name]) if name in ensemble.names else \
+            replace(full_grid, members=[ensemble.locator], fusion="mean", weights=None)
+        runners.append((name, replace(alone, postprocess=())))  # as the network produces it
+    if best_member in ensemble.names:
+        runners.append((BEST_MEMBER_TTA, replace(full_grid.subset([best_member]), tta=True)))
+    if reference is not None:
+        runners.append((TORCH_FULL_GRID, reference))
+    for name, preset in (presets or {}).items():
+        runners.append((PRESET_PREFIX + name, preset))
+    runners.append(("ensemble", ensemble))
     results = []
     frames = [(p, phase) for p in patients for phase in PHASES]
     cine = cine_patient.load_cine() if cine_patient is not None else None
     with tempfile.TemporaryDirectory(prefix="ce-bench-") as scratch:
-        for name, members in configs:
-            full_grid = replace(ensemble, heart_margin=None)
-            runner = ensemble if name == HEART_REGION else \
-                full_grid if name == "ensemble" else full_grid.subset(members)
-            if not name.startswith("ensemble"):
-                runner.postprocess = ()  # a member alone, as the network produces it
-            result = ConfigResult(name, members)
+        for name, runner in runners:
+            result = ConfigResult(name, runner.names)
             with PeakMemory() as memory:
                 for patient, phase in frames:  # warm-up: allocator, caches, first-call costs
                     result.slices += _time_frame(runner, patient, phase, Path(scratch))[2]
@@ -199,15 +230,43 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
                         result.cine_seconds.append(segment_cine(runner, cine[0], cine[1]).seconds)
             result.peak_rss_bytes = memory.peak_bytes
             result.peak_cuda_bytes = memory.cuda_peak_bytes
-            log(f"{name:22s} median frame {result.median_frame:.3f} s"
+            log(f"{name:26s} median frame {result.median_frame:.3f} s"
                 + (f", cine {np.median(result.cine_seconds):.2f} s" if result.cine_seconds
                    else "") + f", peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
             results.append(result)
+        cold, cold_peak = [], 0
+        for _ in range(cold_repeats if cold_segment else 0):
+            seconds, peak = time_process([*cold_segment, "--output",
+                                          str(Path(scratch) / "cold.nii.gz"), "--overwrite"])
+            cold.append(seconds)
+            cold_peak = max(cold_peak, peak)
+        if cold:
+            log(f"cold segment {np.median(cold):.2f} s, peak RSS {cold_peak / 2**30:.2f} GiB")
     return BenchmarkResult(
         device=str(ensemble.device), machine=machine_description(ensemble.device),
         frames=[f"{p.patient_id} {phase}" for p, phase in frames], repeats=repeats,
         configs=results, cine_name=cine_patient.patient_id if cine_patient else "",
-        cine_frames=cine[0].shape[0] if cine is not None else 0)
+        cine_frames=cine[0].shape[0] if cine is not None else 0,
+        best_member=best_member or "", cold_segment_seconds=cold,
+        cold_segment_peak_rss_bytes=cold_peak)
+
+
+def time_process(command: Sequence[str]) -> tuple[float, int]:
+    """Wall seconds and peak resident bytes of one fresh process running `command` (it must
+    succeed): the cost a user pays for one command, imports and loading included."""
+    import subprocess
+
+    started = time.perf_counter()
+    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    errors = process.stderr.read().decode(errors="replace")
+    process.stderr.close()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {errors[-500:]}")
+    return seconds, usage.ru_maxrss * 1024
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -250,17 +309,22 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
              f"{sum(c.median_frame for c in result.member_results):.3f} s",
              f"slowest member median frame time: "
              f"{max(c.median_frame for c in result.member_results):.3f} s"]
-    if ensemble.cine_seconds:
-        lines.append(f"ensemble cine time ({result.cine_name}, {result.cine_frames} frames): "
-                     f"{np.median(ensemble.cine_seconds):.2f} s")
+    best = result.optional(result.best_member)
+    if best is not None:
+        lines.append(f"best member ({best.name}) median frame time: {best.median_frame:.3f} s")
+    for config in [result.optional(BEST_MEMBER_TTA), result.optional(TORCH_FULL_GRID),
+                   *result.presets]:
+        if config is not None:
+            lines.append(f"{config.name} median frame time: {config.median_frame:.3f} s")
+    for config in [ensemble, result.optional(TORCH_FULL_GRID), *result.presets]:
+        if config is not None and config.cine_seconds:
+            lines.append(f"{config.name} cine time ({result.cine_name}, {result.cine_frames} "
+                         f"frames): {np.median(config.cine_seconds):.2f} s")
     lines.append(f"ensemble peak RSS: {ensemble.peak_rss_bytes / 2**30:.2f} GiB")
-    region = result.heart_region
-    if region is not None:
-        lines.append(f"ensemble heart-region median frame time: {region.median_frame:.3f} s")
-        if region.cine_seconds:
-            lines.append(f"ensemble heart-region cine time ({result.cine_name}, "
-                         f"{result.cine_frames} frames): {np.median(region.cine_seconds):.2f} s")
-        lines.append(f"ensemble heart-region peak RSS: {region.peak_rss_bytes / 2**30:.2f} GiB")
+    if result.cold_segment_seconds:
+        lines.append(f"cold segment time: {np.median(result.cold_segment_seconds):.2f} s")
+        lines.append(f"cold segment peak RSS: "
+                     f"{result.cold_segment_peak_rss_bytes / 2**30:.2f} GiB")
     lines += [f"{key}: {value:.2f}" for key, value in result.ratios().items()]
     return lines
 

@@ -1,9 +1,11 @@
 """One table from several `evaluate` runs of the same patients: the shipped method's Dice and
 HD95 per structure, side by side (e.g. full grid against heart-region margins).
 
-    python -m CardiacEnsembleDev.release.compare RUN_FOLDER [RUN_FOLDER ...] [--method M]
+    python -m CardiacEnsembleDev.release.compare RUN_FOLDER[@METHOD] [...] [--method M]
 
 Each RUN_FOLDER holds an `evaluate --out` (its scores.csv); the table is Markdown on stdout.
+`@METHOD` picks that run's method (e.g. `runs/full@unetpp25d-mnv2+lcc`, a member alone);
+`--method` is the default for the others.
 Seconds are left out on purpose: `evaluate` times frames one by one, while the benchmark times
 configurations side by side, which is the only comparison of cost this project trusts.
 """
@@ -33,13 +35,15 @@ def run_means(scores_csv: Path, method: str) -> tuple[int, dict[str, float], dic
     return len(rows) // len(STRUCTURES), dice, hd95
 
 
-def comparison_table(folders: Sequence[Path], method: str = SHIPPED) -> str:
+def comparison_table(folders: Sequence[Path | str], method: str = SHIPPED) -> str:
     header = ("| run | frames | " + " | ".join(f"Dice {s}" for s in STRUCTURES)
               + " | Dice mean | HD95 " + " / ".join(STRUCTURES) + " (mm) | HD95 mean |")
     lines = [header, "|" + "---|" * (4 + len(STRUCTURES)) + "---|"]
-    for folder in folders:
-        frames, dice, hd95 = run_means(Path(folder) / "scores.csv", method)
-        lines.append(f"| {Path(folder).name} | {frames} | "
+    for run in folders:
+        folder, _, chosen = str(run).partition("@")
+        frames, dice, hd95 = run_means(Path(folder) / "scores.csv", chosen or method)
+        name = Path(folder).name + (f" ({chosen})" if chosen else "")
+        lines.append(f"| {name} | {frames} | "
                      + " | ".join(f"{dice[s]:.4f}" for s in STRUCTURES)
                      + f" | {statistics.mean(dice.values()):.4f} | "
                      + " / ".join(f"{hd95[s]:.2f}" for s in STRUCTURES)
@@ -49,7 +53,7 @@ def comparison_table(folders: Sequence[Path], method: str = SHIPPED) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("folders", nargs="+")
     parser.add_argument("--method", default=SHIPPED)
     args = parser.parse_args(argv)
     print(comparison_table(args.folders, args.method))

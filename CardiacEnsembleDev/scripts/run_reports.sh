@@ -10,3 +10,10 @@ data=${ACDC_ROOT:-../shared/acdc}
 cli=.venv/bin/cardiac-ensemble
 $cli -q benchmark --data "$data" --patients patient101 patient102 --cine patient090 \
   --accuracy reports/acdc_test/scores.csv --record-command --overwrite "$@"
+# the presets' seconds into the manifest, and the accuracy-cost front (validation Dice):
+# needs the runs of preset_validation.sh
+runs=${TMPDIR:-/tmp}/preset_validation
+if [ -d "$runs" ]; then
+  .venv/bin/python -m CardiacEnsembleDev.release.presets --validation "$runs" \
+    --benchmark reports/benchmark_cpu.md --apply
+fi

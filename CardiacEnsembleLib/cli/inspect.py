@@ -63,6 +63,9 @@ def _setting_lines(manifest) -> list[str]:
     if weights is not None:
         lines.append("weights" + (" (background, RV, Myo, LV)" if weights.per_class else "")
                      + ": " + ", ".join(f"{name} {weights.text(name)}" for name in weights.names))
+    for name, preset in manifest.presets.items():
+        default = " (default)" if name == manifest.default_preset else ""
+        lines.append(f"preset {name}{default}: {preset.describe()}")
     return lines
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from CardiacEnsembleLib.io.acdc import PatientFolder
-from CardiacEnsembleDev.release.benchmark import (HEART_REGION, BenchmarkResult, ConfigResult,
+from CardiacEnsembleDev.release.benchmark import (BEST_MEMBER_TTA, TORCH_FULL_GRID, BenchmarkResult, ConfigResult,
                                                   accuracy_points, report_markdown,
                                                   run_benchmark, summary_lines)
 from CardiacEnsembleLib.inference.cine import CineSegmentation, segment_cine
@@ -108,21 +108,39 @@ def test_summary_lines_state_the_ratios_a_script_reads():
     assert "ensemble / slowest member: 1.47" in lines
     assert "fusion share of ensemble time: 0.09" in lines
     assert "| ensemble | 4.400 |" in report_markdown(result)
-    assert not [line for line in lines if "heart-region" in line]
+    assert not [line for line in lines if "torch full-grid" in line]
 
-    result.configs.append(config(HEART_REGION, 2.2, 0.4))
+    result.configs += [config(TORCH_FULL_GRID, 8.8, 0.4), config("preset fast", 0.9)]
+    result.best_member = "a"
     lines = summary_lines(result)
-    assert "ensemble heart-region median frame time: 2.200 s" in lines
-    assert "ensemble heart-region / torch full-grid: 0.50" in lines
+    assert "ensemble / torch full-grid: 0.50" in lines
+    assert "preset fast / torch full-grid: 0.10" in lines
+    assert "preset fast / best member: 0.90" in lines
+    assert "best member (a) median frame time: 1.000 s" in lines
     assert "ensemble / sum of members: 1.10" in lines  # the members are still a and b only
 
 
-def test_the_benchmark_times_the_heart_region_beside_the_full_grid(ensemble, patient090):
-    result = run_benchmark(replace(ensemble, heart_margin=32), [patient090], repeats=1,
-                           log=lambda line: None)
-    assert [c.name for c in result.configs] == ["unet-mnv2", "fpn-mnv2", "ensemble",
-                                                HEART_REGION]
-    assert result.heart_region.frame_seconds and result.ensemble.frame_seconds
+def test_the_benchmark_times_the_rivals_presets_and_a_cold_start(ensemble, patient090):
+    """Beside the members: the best member with TTA, today's path, each preset, the ensemble
+    itself, and a fresh `segment` process for the cold start."""
+    import sys
+
+    frame = str(patient090.frame_path("ED"))
+    cold = [sys.executable, "-c", "from CardiacEnsembleLib.cli import main; raise "
+            "SystemExit(main())", "-q", "segment", frame, "--models",
+            str(ensemble.members[0].folder.parent)]
+    region = replace(ensemble, heart_margin=32)
+    result = run_benchmark(region, [patient090], repeats=1, log=lambda line: None,
+                           reference=ensemble, presets={"full": ensemble},
+                           best_member="fpn-mnv2", cold_segment=cold, cold_repeats=1)
+    assert [c.name for c in result.configs] == ["unet-mnv2", "fpn-mnv2", BEST_MEMBER_TTA,
+                                                TORCH_FULL_GRID, "preset full", "ensemble"]
+    assert result.config(BEST_MEMBER_TTA).members == ["fpn-mnv2"]
+    assert len(result.cold_segment_seconds) == 1 and result.cold_segment_seconds[0] > 0
+    assert result.cold_segment_peak_rss_bytes > 100 * 2**20
+    lines = summary_lines(result)
+    assert any(line.startswith("cold segment time: ") for line in lines)
+    assert any(line.startswith("ensemble / torch full-grid: ") for line in lines)
 
 
 def test_the_cost_chart_sets_the_ensemble_beside_members_with_the_same_clean_up():

@@ -165,6 +165,27 @@ def test_the_heart_region_choice_reaches_the_worker_request(module):
     assert module.CardiacEnsembleParameterNode.__annotations__["heartRegion"] is bool
 
 
+def test_the_panel_offers_the_presets_and_sends_the_one_chosen(module, untrained_models,
+                                                              tmp_path):
+    """The preset choice is the library's presets plus "custom", defaulting to the manifest's
+    default; it travels in the request, and its tooltip says what the preset runs and costs."""
+    from CardiacEnsembleLib.core.options import Preset
+    from test_presets import with_presets
+
+    node = module.CardiacEnsembleParameterNode
+    assert node.__annotations__["preset"].__metadata__ == ((*Preset.values(), "custom"),)
+    assert node.preset == (module._read_manifest().default_preset or "custom")
+    assert module._shipped_preset(str(untrained_models)) == "custom"
+    models = str(with_presets(untrained_models, tmp_path / "models"))
+    assert module._shipped_preset(models) == "balanced"
+    summary = module.presetSummary("fast", models)
+    assert summary.startswith("fast: fpn-mnv2; heart region (16 px); 0.31 s/frame")
+    assert "below" in module.presetSummary("custom", models)
+    request = module.CardiacEnsembleLogic()._request(None, None, False, "cpu", models,
+                                                     preset="fast")
+    assert (request.preset, request.members, request.models_dir) == ("fast", None, models)
+
+
 def test_the_sample_data_source_is_the_shipped_patient_with_its_checksums(module):
     import hashlib
     from urllib.parse import urlparse

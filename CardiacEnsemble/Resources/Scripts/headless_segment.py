@@ -51,7 +51,7 @@ EXIT_OK, EXIT_ERROR = 0, 2
 
 
 def parse_arguments(argv):
-    from CardiacEnsembleLib.core.options import FUSION_RULES
+    from CardiacEnsembleLib.core.options import FUSION_RULES, Preset
 
     parser = argparse.ArgumentParser(prog="headless_segment.py", description=__doc__.split("\n")[0])
     parser.add_argument("case_folder", type=Path, help="ACDC patient folder (with Info.cfg)")
@@ -59,6 +59,8 @@ def parse_arguments(argv):
     parser.add_argument("--models", type=Path, default=None,
                         help="ensemble folder with a manifest.json (default: the shipped one)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--preset", default=None, choices=Preset.values(),
+                        help="fast, balanced or full (default: the manifest's)")
     parser.add_argument("--fusion", default=None, choices=FUSION_RULES,
                         help="fusion rule (default: the manifest's)")
     parser.add_argument("--tta", action="store_true", help="flip test-time augmentation")
@@ -131,9 +133,9 @@ def run(args) -> int:
     refuse_existing([*outputs.values(), *cine_outputs.values()],
                     hint="remove it or pick another OUT_DIR")
     ensemble = load_ensemble(args.models or DEFAULT_MODELS_DIR, device=args.device,
-                             fusion=args.fusion, tta=args.tta)
-    print(f"ensemble: {', '.join(ensemble.names)} ({ensemble.fusion} fusion) on "
-          f"{ensemble.device}")
+                             fusion=args.fusion, tta=args.tta or None, preset=args.preset)
+    print(f"ensemble: {', '.join(ensemble.names)} ({ensemble.fusion} fusion"
+          f"{', preset ' + ensemble.preset if ensemble.preset else ''}) on {ensemble.device}")
 
     scene = create_scene().scene
     loaded = load_acdc_case(scene, patient.folder, cine=cine)
