@@ -212,7 +212,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     chart = report.with_suffix(".png")
     refuse_existing([report, chart], args.overwrite)
     result = timed(ensemble, patients, repeats=args.repeats, cine_patient=cine_patient,
-                   **_benchmark_rivals(args, ensemble, patients[0]))
+                   **_benchmark_rivals(args, ensemble, patients[0], cine_patient))
     text = report_markdown(result, command_line(args) if args.record_command else "")
     accuracy = accuracy_from_scores(args.accuracy) if args.accuracy else None
     report.parent.mkdir(parents=True, exist_ok=True)
@@ -224,10 +224,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark_rivals(args: argparse.Namespace, ensemble, patient) -> dict:
+def _benchmark_rivals(args: argparse.Namespace, ensemble, patient, cine_patient=None) -> dict:
     """What the benchmark times beside `ensemble`: today's torch full-grid path, the other
     presets of the manifest (same backend, same device), the best-validated member (alone and
-    with TTA), and a cold one-frame `segment` of `patient`'s ED frame with the same options."""
+    with TTA), a cold one-frame `segment` of `patient`'s ED frame with the same options, and a
+    cold `segment --cine` of `cine_patient`'s cine."""
     import sys
 
     from CardiacEnsembleLib.core.manifest import read_manifest
@@ -241,11 +242,14 @@ def _benchmark_rivals(args: argparse.Namespace, ensemble, patient) -> dict:
     script = Path(sys.executable).with_name("cardiac-ensemble")  # what a user runs
     program = [str(script)] if script.is_file() else \
         [sys.executable, "-c", "from CardiacEnsembleLib.cli import main; raise SystemExit(main())"]
-    cold = [*program, "-q", "segment",
-            str(patient.frame_path("ED")), "--models", str(folder), "--device", args.device,
-            "--backend", args.backend] + (["--preset", args.preset] if args.preset else [])
+    options = ["--models", str(folder), "--device", args.device, "--backend", args.backend] + \
+        (["--preset", args.preset] if args.preset else [])
+    cold = [*program, "-q", "segment", str(patient.frame_path("ED")), *options]
+    cold_cine = [*program, "-q", "segment", "--cine", str(cine_patient.cine_path), *options] \
+        if cine_patient is not None else None
     return {"reference": reference, "presets": presets,
-            "best_member": best_validated(manifest.members), "cold_segment": cold}
+            "best_member": best_validated(manifest.members), "cold_segment": cold,
+            "cold_cine": cold_cine}
 
 
 # ------------------------------------------------------------------------ report

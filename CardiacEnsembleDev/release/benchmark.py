@@ -106,6 +106,8 @@ class BenchmarkResult:
     best_member: str = ""  # the best-validated member (its row is "best member" in ratios)
     cold_segment_seconds: list[float] = field(default_factory=list)
     cold_segment_peak_rss_bytes: int = 0
+    cold_cine_seconds: list[float] = field(default_factory=list)  # `segment --cine`, fresh
+    cold_cine_peak_rss_bytes: int = 0
 
     def config(self, name: str) -> ConfigResult:
         return next(c for c in self.configs if c.name == name)
@@ -186,14 +188,15 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
                   presets: Optional[dict[str, Ensemble]] = None,
                   best_member: Optional[str] = None,
                   cold_segment: Optional[Sequence[str]] = None, cold_repeats: int = 3,
-                  log=print) -> BenchmarkResult:
+                  cold_cine: Optional[Sequence[str]] = None, log=print) -> BenchmarkResult:
     """Time side by side, on the ED and ES frames of `patients` (and the cine of
     `cine_patient`), one warm-up pass then `repeats` timed passes each: every member alone
     (full grid, no clean-up, `ensemble`'s backend), the best member (`best_member`) with flip
     TTA, `reference` (today's path: torch, full grid) as "ensemble torch full-grid", each of
     `presets` as "preset <name>", and `ensemble` itself as "ensemble". `cold_segment`: a
     command line run `cold_repeats` times as a fresh process (a one-frame `segment`): its
-    wall time and peak RSS are the cold start."""
+    wall time and peak RSS are the cold start. `cold_cine`: a `segment --cine` command line run
+    once the same way: the peak RSS of the longest job a user runs."""
     full_grid = replace(ensemble, heart_margin=None, locator=None)
     runners: list[tuple[str, Ensemble]] = []
     for name in ensemble.names if ensemble.locator is None else \
@@ -234,39 +237,75 @@ def run_benchmark(ensemble: Ensemble, patients: Sequence[PatientFolder], *, repe
                 + (f", cine {np.median(result.cine_seconds):.2f} s" if result.cine_seconds
                    else "") + f", peak RSS {result.peak_rss_bytes / 2**30:.2f} GiB")
             results.append(result)
-        cold, cold_peak = [], 0
-        for _ in range(cold_repeats if cold_segment else 0):
-            seconds, peak = time_process([*cold_segment, "--output",
-                                          str(Path(scratch) / "cold.nii.gz"), "--overwrite"])
-            cold.append(seconds)
-            cold_peak = max(cold_peak, peak)
+        cold, cold_peak = _run_cold(cold_segment, cold_repeats,
+                                    ["--output", str(Path(scratch) / "cold.nii.gz")])
         if cold:
             log(f"cold segment {np.median(cold):.2f} s, peak RSS {cold_peak / 2**30:.2f} GiB")
+        cold_cine_time, cold_cine_peak = _run_cold(cold_cine, 1,
+                                                   ["--output", str(Path(scratch) / "cine")])
+        if cold_cine_time:
+            log(f"cold cine segment {cold_cine_time[0]:.2f} s, peak RSS "
+                f"{cold_cine_peak / 2**30:.2f} GiB")
     return BenchmarkResult(
         device=str(ensemble.device), machine=machine_description(ensemble.device),
         frames=[f"{p.patient_id} {phase}" for p, phase in frames], repeats=repeats,
         configs=results, cine_name=cine_patient.patient_id if cine_patient else "",
         cine_frames=cine[0].shape[0] if cine is not None else 0,
         best_member=best_member or "", cold_segment_seconds=cold,
-        cold_segment_peak_rss_bytes=cold_peak)
+        cold_segment_peak_rss_bytes=cold_peak, cold_cine_seconds=cold_cine_time,
+        cold_cine_peak_rss_bytes=cold_cine_peak)
+
+
+def _run_cold(command: Optional[Sequence[str]], repeats: int,
+              output: Sequence[str]) -> tuple[list[float], int]:
+    """`command` + `output` + --overwrite as `repeats` fresh processes: their wall seconds and
+    the highest of their peak RSS (bytes); nothing for no command."""
+    seconds, peak = [], 0
+    for _ in range(repeats if command else 0):
+        took, process_peak = time_process([*command, *output, "--overwrite"])
+        seconds.append(took)
+        peak = max(peak, process_peak)
+    return seconds, peak
+
+
+#: Runs argv[2:] as a forked child of this small process and writes the child's own peak RSS
+#: (KiB) to argv[1]. Why not the benchmark's own wait4: Linux keeps ru_maxrss across exec, so a
+#: child forked from the benchmark (which holds every configuration's networks) reports at least
+#: the benchmark's resident size; a child forked from this probe starts from the probe's ~10 MB.
+_PEAK_PROBE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def time_process(command: Sequence[str]) -> tuple[float, int]:
     """Wall seconds and peak resident bytes of one fresh process running `command` (it must
-    succeed): the cost a user pays for one command, imports and loading included."""
+    succeed): the cost a user pays for one command, imports and loading included. The peak is
+    the command's own (see `_PEAK_PROBE`); the probe adds a few milliseconds to the time."""
     import subprocess
+    import sys
 
-    started = time.perf_counter()
-    process = subprocess.Popen(list(command), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    errors = process.stderr.read().decode(errors="replace")
-    process.stderr.close()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): {errors[-500:]}")
-    return seconds, usage.ru_maxrss * 1024
+    with tempfile.TemporaryDirectory(prefix="ce-peak-") as scratch:
+        peak_file = Path(scratch) / "peak_kib"
+        started = time.perf_counter()
+        process = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(peak_file),
+                                  *command], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+        seconds = time.perf_counter() - started
+        if process.returncode != 0:
+            errors = process.stderr.decode(errors="replace")
+            raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): "
+                               f"{errors[-500:]}")
+        return seconds, int(peak_file.read_text()) * 1024
 
 
 def _spread(values: Sequence[float]) -> str:
@@ -281,8 +320,10 @@ def report_markdown(result: BenchmarkResult, command: str = "") -> str:
     if command:
         lines.append(f"Command: `{command}`")
     lines += ["", "Seconds per frame (median, interquartile range) and the median of each stage; "
-              "slices per second over the whole frame time; peak resident memory of the process "
-              "while that configuration ran.", "",
+              "slices per second over the whole frame time; peak resident memory of the benchmark "
+              "process while that configuration ran (it holds every configuration's networks "
+              "at once, so this overstates one configuration's need: the cold `segment` lines "
+              "of the summary are one command each, as a user runs it).", "",
               "| configuration | median s/frame | IQR | " + " | ".join(STAGES)
               + " | slices/s | cine s | peak RSS GiB |" + (" peak CUDA GiB |"
                                                          if result.device.startswith("cuda")
@@ -325,6 +366,11 @@ def summary_lines(result: BenchmarkResult) -> list[str]:
         lines.append(f"cold segment time: {np.median(result.cold_segment_seconds):.2f} s")
         lines.append(f"cold segment peak RSS: "
                      f"{result.cold_segment_peak_rss_bytes / 2**30:.2f} GiB")
+    if result.cold_cine_seconds:
+        lines.append(f"cold cine segment time ({result.cine_name}): "
+                     f"{result.cold_cine_seconds[0]:.2f} s")
+        lines.append(f"cold cine segment peak RSS: "
+                     f"{result.cold_cine_peak_rss_bytes / 2**30:.2f} GiB")
     lines += [f"{key}: {value:.2f}" for key, value in result.ratios().items()]
     return lines
 

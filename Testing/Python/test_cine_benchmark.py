@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from CardiacEnsembleLib.io.acdc import PatientFolder
-from CardiacEnsembleDev.release.benchmark import (BEST_MEMBER_TTA, TORCH_FULL_GRID, BenchmarkResult, ConfigResult,
-                                                  accuracy_points, report_markdown,
-                                                  run_benchmark, summary_lines)
+from CardiacEnsembleDev.release.benchmark import (BEST_MEMBER_TTA, TORCH_FULL_GRID, BenchmarkResult,
+                                                  ConfigResult, accuracy_points, report_markdown,
+                                                  run_benchmark, summary_lines, time_process)
 from CardiacEnsembleLib.inference.cine import CineSegmentation, segment_cine
 from CardiacEnsembleLib.cli import main
 from CardiacEnsembleLib.inference.ensemble import load_ensemble
@@ -129,10 +129,12 @@ def test_the_benchmark_times_the_rivals_presets_and_a_cold_start(ensemble, patie
     cold = [sys.executable, "-c", "from CardiacEnsembleLib.cli import main; raise "
             "SystemExit(main())", "-q", "segment", frame, "--models",
             str(ensemble.members[0].folder.parent)]
+    cold_cine = [*cold[:5], "--cine", str(patient090.cine_path), *cold[6:]]
     region = replace(ensemble, heart_margin=32)
     result = run_benchmark(region, [patient090], repeats=1, log=lambda line: None,
                            reference=ensemble, presets={"full": ensemble},
-                           best_member="fpn-mnv2", cold_segment=cold, cold_repeats=1)
+                           best_member="fpn-mnv2", cold_segment=cold, cold_repeats=1,
+                           cold_cine=cold_cine)
     assert [c.name for c in result.configs] == ["unet-mnv2", "fpn-mnv2", BEST_MEMBER_TTA,
                                                 TORCH_FULL_GRID, "preset full", "ensemble"]
     assert result.config(BEST_MEMBER_TTA).members == ["fpn-mnv2"]
@@ -140,6 +142,9 @@ def test_the_benchmark_times_the_rivals_presets_and_a_cold_start(ensemble, patie
     assert result.cold_segment_peak_rss_bytes > 100 * 2**20
     lines = summary_lines(result)
     assert any(line.startswith("cold segment time: ") for line in lines)
+    assert len(result.cold_cine_seconds) == 1
+    assert result.cold_cine_peak_rss_bytes > result.cold_segment_peak_rss_bytes / 2
+    assert any(line.startswith("cold cine segment peak RSS: ") for line in lines)
     assert any(line.startswith("ensemble / torch full-grid: ") for line in lines)
 
 
@@ -184,3 +189,15 @@ def test_chart_labels_on_one_spot_are_moved_apart_and_keep_their_x():
     assert [round(b.x0, 3) for b in after] == [round(b.x0, 3) for b in before]
     assert after[3].y0 == pytest.approx(before[3].y0)  # a label alone stays where it was
     plt.close(figure)
+
+
+def test_a_cold_process_reports_its_own_peak_not_the_benchmarks():
+    """Linux keeps ru_maxrss across exec: a child forked straight from a large benchmark process
+    would report the benchmark's size. The probe forks from a small process instead."""
+    import sys
+
+    held = np.ones(2**27)  # 1 GiB resident in this process
+    seconds, peak = time_process([sys.executable, "-c", "import numpy; "
+                                  "numpy.ones(2**25).sum()"])  # 256 MiB in the child
+    assert held.sum() == 2**27 and seconds > 0
+    assert 256 * 2**20 < peak < 600 * 2**20
