@@ -42,6 +42,9 @@ def register(commands) -> None:
                          help="also write the normalised-entropy map (*_uncertainty)")
     segment.add_argument("--probabilities", action="store_true",
                          help="also write fused probability maps per structure (*_probN)")
+    segment.add_argument("--no-qc", dest="qc", action="store_false",
+                         help="do not write the QC file (*_qc.json: the slices to review, "
+                              "ranked by how much the members disagree)")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     add_model_options(segment)
     segment.set_defaults(run=run)
@@ -67,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
             prediction = ensemble.predict(job.case, progress=bar)
         finally:
             bar.close()
-        _write_prediction(prediction, job.outputs, job.reference, args.overwrite, inputs)
-        print(_result_line(job.case, prediction, job.outputs.labels))
+        quality = _write_prediction(prediction, job.outputs, job.reference, args.overwrite,
+                                    inputs, ensemble.quality_control)
+        print(_result_line(job.case, prediction, job.outputs.labels, quality))
     return 0
 
 
@@ -76,7 +80,7 @@ def _outputs(args: argparse.Namespace, labels: Path) -> SegmentationOutputs:
     from CardiacEnsembleLib.io.outputs import SegmentationOutputs
 
     return SegmentationOutputs.beside(labels, uncertainty=args.uncertainty,
-                                      probabilities=args.probabilities)
+                                      probabilities=args.probabilities, quality=args.qc)
 
 
 def _patient_jobs(args: argparse.Namespace, folder: Path) -> list[Job]:
@@ -121,9 +125,15 @@ def _frame_job(args: argparse.Namespace, source: Path) -> Job:
     return Job(case, _outputs(args, args.output), reference, frame_inputs(source))
 
 
-def _write_prediction(prediction, outputs, reference, overwrite: bool, inputs) -> None:
-    """The label map, then the uncertainty and probability maps asked for, on the input's grid;
-    none of them over one of the run's `inputs`."""
+def _write_prediction(prediction, outputs, reference, overwrite: bool, inputs,
+                      thresholds=None):
+    """The label map, then the uncertainty and probability maps asked for, on the input's grid,
+    and the QC file (`inference.quality.assess` with the manifest's `thresholds`); none of them
+    over one of the run's `inputs`. Returns the QC report, or None when not asked."""
+    import json
+
+    from CardiacEnsembleLib.inference.quality import assess
+    from CardiacEnsembleLib.io.atomic import write_text_atomic
     from CardiacEnsembleLib.io.images import write_image
 
     def write(path: Path, array) -> None:
@@ -136,11 +146,18 @@ def _write_prediction(prediction, outputs, reference, overwrite: bool, inputs) -
     if prediction.probabilities is not None:
         for label, path in enumerate(outputs.probabilities, start=1):
             write(path, prediction.probabilities[label])
+    if outputs.quality is None:
+        return None
+    quality = assess(prediction, thresholds)
+    record = {"labels": outputs.labels.name, **quality.to_json()}
+    write_text_atomic(outputs.quality, json.dumps(record, indent=1) + "\n", overwrite=overwrite,
+                      protected=inputs)
+    return quality
 
 
-def _result_line(case, prediction, written: Path) -> str:
+def _result_line(case, prediction, written: Path, quality=None) -> str:
     """What was written, how long it took, the Dice against ground truth where there is one,
-    and any warning the prediction carries (filled NaN voxels, an empty map)."""
+    the QC summary, and any warning the prediction carries (filled NaN voxels, an empty map)."""
     from CardiacEnsembleLib.evaluation.metrics import score_labels
 
     t = prediction.timings
@@ -152,6 +169,8 @@ def _result_line(case, prediction, written: Path) -> str:
             f"{name} {s.dice:.3f}" for name, s in scores.items())
     if prediction.heart_region:
         line += f" | {prediction.heart_region}"
+    if quality is not None:
+        line += " | " + quality.summary()
     for warning in prediction.warnings:  # also logged on stderr; here so stdout alone tells
         line += " | WARNING " + warning.removeprefix(f"{case.source or case.name}: ")
     return line
@@ -182,6 +201,10 @@ def run_cine(args: argparse.Namespace, source: Path) -> int:
             f"{result.ed_frame}/{result.es_frame}")
     if info_frames:
         line += f" (Info.cfg: {info_frames[0]}/{info_frames[1]})"
+    if result.quality is not None:
+        worst = int(result.quality.argmax())
+        line += (f" | QC ({result.quality_score}): frame {worst + 1} the most in doubt "
+                 f"({result.quality[worst]:.3f})")
     print(line + f" | LV EF {result.lv_ef_pct:.1f}% | wrote {', '.join(map(str, outputs.paths))}")
     return 0
 

@@ -27,6 +27,7 @@ import numpy as np
 from .errors import MemberError
 from .labels import LABEL_NAMES, NUM_CLASSES
 from .options import FusionRule, Preset, check_steps
+from .quality import QualityScore, QualityThresholds, thresholds_from_json
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"  # a member folder's weights (safetensors)
@@ -196,6 +197,9 @@ class Manifest:
     raw: dict = field(default_factory=dict)
     presets: dict[str, PresetEntry] = field(default_factory=dict)
     default_preset: Optional[str] = None  # None: every member on the full grid
+    # when a QC score is a flag, per score, fitted on validation (`core.quality`); a score
+    # without thresholds flags nothing
+    quality_control: dict[QualityScore, QualityThresholds] = field(default_factory=dict)
 
     @property
     def path(self) -> Path:
@@ -287,9 +291,11 @@ def read_manifest(models_dir: Path | str = DEFAULT_MODELS_DIR) -> Manifest:
     if default is not None and default not in presets:
         raise MemberError(f"{path}: default_preset {default!r} is not one of its presets "
                           f"({', '.join(presets) or 'none'})")
+    quality = raw.get("quality_control")
     return Manifest(models_dir, raw.get("name", ""), str(raw.get("version", "")), members,
                     fusion, table, steps, raw.get("note", ""), raw.get("description", ""), raw,
-                    presets, default)
+                    presets, default,
+                    thresholds_from_json(quality, str(path)) if quality is not None else {})
 
 
 def _presets(entries: Any, names: Sequence[str], path: Path) -> dict[str, PresetEntry]:

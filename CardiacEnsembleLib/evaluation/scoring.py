@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -18,9 +18,11 @@ import numpy as np
 from CardiacEnsembleLib.core.case import STRUCTURES, CaseError
 from CardiacEnsembleLib.core.options import FusionRule, Method, rival_member_steps
 from CardiacEnsembleLib.core.progress import CancelToken, Progress
+from CardiacEnsembleLib.core.quality import QualityReport, QualityScore
 from CardiacEnsembleLib.evaluation.metrics import ClinicalIndices, clinical_indices, score_labels
 from CardiacEnsembleLib.inference.ensemble import Ensemble
 from CardiacEnsembleLib.inference.postprocess import apply_steps
+from CardiacEnsembleLib.inference.quality import assess, entropy_scores, report_from_maps
 from CardiacEnsembleLib.io.acdc import PHASES, PatientFolder
 from CardiacEnsembleLib.io.atomic import atomic_output
 
@@ -37,6 +39,13 @@ class ScoreRow:
     msd_mm: float
     flag: str
     seconds: float  # time to produce this method's labels for this frame
+    # QC (`inference.quality`) of this method's labels, no ground truth used: the structure's
+    # score (an ensemble method: its members' disagreement; a lone member: its entropy), the
+    # frame's, and how many (slice, structure) entries the manifest's thresholds flag; None
+    # (an empty cell): not scored, or no validated threshold to flag with
+    qc_score: Optional[float] = None
+    qc_case_score: Optional[float] = None
+    qc_slices_to_review: Optional[int] = None
 
 
 @dataclass
@@ -101,26 +110,36 @@ def evaluate(ensemble: Ensemble, patients: Sequence[PatientFolder],
                                 f"({patient.gt_path(phase).name}); evaluate needs it")
             member_probs, seconds = ensemble.member_probabilities(case, cancel=cancel)
             outputs: dict[str, tuple[np.ndarray, float]] = {}
+            quality: dict[str, QualityReport] = {}
             for method in fused:
                 prediction = ensemble.fuse(case, member_probs, seconds, method.rule.value,
-                                           postprocess=method.steps)
+                                           postprocess=method.steps,
+                                           keep_member_probabilities=method is fused[0])
                 t = sum(prediction.timings.get(k, 0.0)
                         for k in ("members", "fusion", "postprocess"))
                 outputs[method.name] = (prediction.labels, t)
-            members = {m.name: m for m in prediction.members}
+                quality[method.name] = assess(prediction, ensemble.quality_control)
+                if method is fused[0]:
+                    members = {m.name: m for m in prediction.members}
             for method in rivals:
                 member = members[method.member]
                 cleaned = apply_steps(member.labels, method.steps) if method.steps \
                     else member.labels
                 outputs[method.name] = (cleaned, member.seconds)
+                quality[method.name] = report_from_maps(
+                    entropy_scores(member.probabilities, cleaned), QualityScore.ENTROPY,
+                    ensemble.quality_control)
             for method in result.methods:
                 predicted, t = outputs[method]
                 labels.setdefault(method, {})[phase] = predicted
+                qc = quality[method]
+                to_review = len(qc.to_review) if qc.thresholds else None
                 for structure, score in score_labels(predicted, case.labels,
                                                      case.spacing_zyx).items():
                     result.scores.append(ScoreRow(
                         patient.patient_id, patient.info.group or "", phase, method, structure,
-                        score.dice, score.hd95_mm, score.msd_mm, score.flag, t))
+                        score.dice, score.hd95_mm, score.msd_mm, score.flag, t,
+                        qc.structures.get(structure), qc.case_score, to_review))
             labels.setdefault("reference", {})[phase] = case.labels
             if progress is not None:
                 progress(index * len(PHASES) + phase_index + 1, total,
@@ -146,15 +165,26 @@ def write_scores_csv(evaluation: Evaluation, path: Path, *, overwrite: bool = Fa
 def read_scores_csv(path: Path) -> list[ScoreRow]:
     """The rows `write_scores_csv` wrote, typed again: any summary of a finished evaluation (the
     report's verdict, its confidence interval) can be recomputed without running a network."""
-    numeric = {f.name for f in fields(ScoreRow) if f.type == "float"}
+    numeric = {f.name: float for f in fields(ScoreRow) if f.type == "float"}
+    optional = {"Optional[float]": float, "Optional[int]": int}
+    numeric.update({f.name: optional[f.type] for f in fields(ScoreRow) if f.type in optional})
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = set(ScoreRow.__dataclass_fields__) - set(reader.fieldnames or ())
+        required = {f.name for f in fields(ScoreRow) if f.default is MISSING}  # QC: optional
+        optional_fields = {f.name for f in fields(ScoreRow)} - required
+        missing = required - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: not a scores.csv of `evaluate`; "
                              f"missing column(s) {', '.join(sorted(missing))}")
-        return [ScoreRow(**{k: float(v) if k in numeric else v for k, v in row.items()})
-                for row in reader]
+        return [ScoreRow(**{k: _cell(v, numeric.get(k), k in optional_fields)
+                            for k, v in row.items()}) for row in reader]
+
+
+def _cell(text: str, kind, optional: bool):
+    """A scores.csv cell typed again: text, a number, or None for an optional empty one."""
+    if kind is None:
+        return text
+    return None if optional and text == "" else kind(text)
 
 
 def write_clinical_csv(evaluation: Evaluation, path: Path, *, overwrite: bool = False,

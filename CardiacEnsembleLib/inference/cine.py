@@ -35,6 +35,9 @@ class CineSegmentation:
     volumes_ml: dict[str, np.ndarray]  # "LV", "RV", "Myo" -> (T,) ml per frame
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    # the QC case score of each frame (`inference.quality`: the worst structure's), (T,)
+    quality: Optional[np.ndarray] = None
+    quality_score: str = ""  # which score: "disagreement" or "entropy"
 
     @property
     def ed_frame(self) -> int:
@@ -65,6 +68,7 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
     import torch
 
     from CardiacEnsembleLib.inference.ensemble import fuse_and_clean
+    from CardiacEnsembleLib.inference.quality import volume_scores
 
     if cine.ndim != 4:
         raise ValueError(f"expected a (T, Z, Y, X) cine, got shape {cine.shape}")
@@ -74,6 +78,7 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
     chunk = chunk or frames_per_chunk(ensemble, cine.shape[1:])
     spacing = geometry.spacing_zyx
     labels = np.empty(cine.shape, dtype=np.uint8)
+    quality, score = np.zeros(frames), ""
     timings: dict[str, float] = {}
     for start in range(0, frames, chunk):
         stop = min(start + chunk, frames)
@@ -89,8 +94,19 @@ def segment_cine(ensemble: Ensemble, cine: np.ndarray, geometry: Geometry, *,
         fused = fuse_and_clean(ensemble.fusion, member_probs, ensemble.weights,
                                ensemble.postprocess, volumes=stop - start, timings=timings)
         labels[start:stop] = fused.labels.reshape(stop - start, *cine.shape[1:])
+        qc_started = time.perf_counter()
+        voters = fused.member_labels.cpu().numpy().reshape(len(member_probs), stop - start,
+                                                           *cine.shape[1:])
+        probabilities = None if len(voters) >= 2 else fused.probabilities.float().cpu().numpy(
+            ).reshape(-1, stop - start, *cine.shape[1:])  # a lone network: its entropy
+        for t in range(stop - start):
+            maps, score = volume_scores(voters[:, t], labels[start + t], None
+                                        if probabilities is None else probabilities[:, t])
+            quality[start + t] = maps.case
+        timings["quality"] = timings.get("quality", 0.0) + time.perf_counter() - qc_started
     return CineSegmentation(labels, geometry, cine_volumes(labels, spacing),
-                            time.perf_counter() - started, timings)
+                            time.perf_counter() - started, timings, quality, score.value
+                            if score else "")
 
 
 def cine_volumes(labels: np.ndarray, spacing_zyx) -> dict[str, np.ndarray]:
@@ -111,10 +127,12 @@ def write_volume_curve(result: CineSegmentation, csv_path: Path,
     with atomic_output(csv_path, overwrite=overwrite, protected=protected) as temporary, \
             open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["frame", "lv_ml", "rv_ml", "myo_ml"])
+        quality = result.quality is not None
+        writer.writerow(["frame", "lv_ml", "rv_ml", "myo_ml"] + (["qc_score"] if quality else []))
         for index in range(len(result.volumes_ml["LV"])):
             writer.writerow([index + 1] + [f"{result.volumes_ml[k][index]:.3f}"
-                                           for k in ("LV", "RV", "Myo")])
+                                           for k in ("LV", "RV", "Myo")]
+                            + ([f"{result.quality[index]:.4f}"] if quality else []))
     if png_path is None:
         return
     import matplotlib
@@ -136,7 +154,17 @@ def write_volume_curve(result: CineSegmentation, csv_path: Path,
         axis.set_title(title, fontsize=9)
     axis.set_xlabel("frame")
     axis.set_ylabel("volume (ml)")
-    axis.legend(fontsize=8)
+    handles, names = axis.get_legend_handles_labels()
+    if result.quality is not None:  # where the members disagree, on the same frames
+        doubt = axis.twinx()
+        bars = doubt.bar(frames, result.quality, width=0.5, color="0.6", alpha=0.35, zorder=0,
+                         label=f"QC score ({result.quality_score})")
+        doubt.set_ylabel(f"QC score ({result.quality_score}), worst structure", fontsize=8)
+        doubt.set_ylim(0, max(0.2, float(np.max(result.quality)) * 1.25))
+        axis.set_zorder(doubt.get_zorder() + 1)
+        axis.patch.set_visible(False)
+        handles, names = handles + [bars], names + [bars.get_label()]
+    axis.legend(handles, names, fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     try:

@@ -92,6 +92,8 @@ class Ensemble:
     locator: Optional[Member] = None
     backend: str = "torch"  # what runs the networks (`load_ensemble`'s choice, for the record)
     preset: Optional[str] = None  # the manifest preset it was loaded as, if any
+    # the manifest's validated QC thresholds per score (`core.quality`); empty: flag nothing
+    quality_control: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -352,7 +354,8 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     return Ensemble(loaded, rule, weights, bool(tta), torch_device, manifest.description, steps,
                     heart_margin=heart_margin,
                     heart_locator=heart_locator or best_validated(entries),
-                    locator=locator, backend=chosen.value, preset=settings.preset)
+                    locator=locator, backend=chosen.value, preset=settings.preset,
+                    quality_control=dict(manifest.quality_control))
 
 
 @dataclass(frozen=True)

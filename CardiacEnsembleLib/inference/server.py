@@ -131,10 +131,11 @@ def read_cine_request(folder: Path) -> tuple[np.ndarray, Geometry, str, Ensemble
 
 def write_cine_result(folder: Path, result, worker: dict) -> Path:
     """A `CineSegmentation` beside its request (the worker's side)."""
-    np.savez(folder / CINE_RESULT_ARRAYS, labels=result.labels,
+    quality = {} if result.quality is None else {"quality": result.quality}
+    np.savez(folder / CINE_RESULT_ARRAYS, labels=result.labels, **quality,
              **{f"volume_{name}": values for name, values in result.volumes_ml.items()})
     meta = {"kind": CINE, "seconds": result.seconds, "timings": result.timings,
-            "worker": worker}
+            "quality_score": result.quality_score, "worker": worker}
     (folder / RESULT_FILE).write_text(json.dumps(meta))
     return folder
 
@@ -146,10 +147,12 @@ def read_cine_result(folder: Path, geometry: Geometry):
     meta = json.loads((folder / RESULT_FILE).read_text())
     with np.load(folder / CINE_RESULT_ARRAYS) as arrays:
         labels = arrays["labels"]
+        quality = arrays["quality"] if "quality" in arrays.files else None
         volumes = {key[len("volume_"):]: arrays[key] for key in arrays.files
                    if key.startswith("volume_")}
     result = CineSegmentation(labels, geometry, volumes, float(meta["seconds"]),
-                              {k: float(v) for k, v in meta["timings"].items()})
+                              {k: float(v) for k, v in meta["timings"].items()}, quality,
+                              meta.get("quality_score", ""))
     return result, meta["worker"]
 
 

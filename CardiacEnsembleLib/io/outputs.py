@@ -19,6 +19,7 @@ from CardiacEnsembleLib.core.labels import NUM_CLASSES
 from CardiacEnsembleLib.io.images import image_suffix
 
 UNCERTAINTY_TAG = "_uncertainty"
+QUALITY_SUFFIX = "_qc.json"  # the QC file: seg.nii.gz -> seg_qc.json
 PROBABILITY_TAG = "_prob"
 #: The foreground labels that get a probability map (background is 1 minus their sum).
 PROBABILITY_LABELS: tuple[int, ...] = tuple(range(1, NUM_CLASSES))
@@ -53,6 +54,12 @@ def probability_output(labels_path: Path | str, label: int) -> Path:
     return with_tag(labels_path, f"{PROBABILITY_TAG}{label}")
 
 
+def quality_output(labels_path: Path | str) -> Path:
+    """The QC file beside a label map: seg.nii.gz -> seg_qc.json."""
+    labels_path = Path(labels_path)
+    return labels_path.with_name(image_stem(labels_path) + QUALITY_SUFFIX)
+
+
 @dataclass(frozen=True)
 class SegmentationOutputs:
     """The files of one segmented volume: its label map and the maps asked for beside it."""
@@ -60,19 +67,20 @@ class SegmentationOutputs:
     labels: Path
     uncertainty: Path | None = None
     probabilities: tuple[Path, ...] = ()  # one per label of `PROBABILITY_LABELS`
+    quality: Path | None = None  # the QC file (`core.quality.QualityReport` as JSON)
 
     @classmethod
     def beside(cls, labels: Path | str, *, uncertainty: bool = False,
-               probabilities: bool = False) -> "SegmentationOutputs":
+               probabilities: bool = False, quality: bool = True) -> "SegmentationOutputs":
         labels = Path(labels)
         return cls(labels, uncertainty_output(labels) if uncertainty else None,
                    tuple(probability_output(labels, label) for label in PROBABILITY_LABELS)
-                   if probabilities else ())
+                   if probabilities else (), quality_output(labels) if quality else None)
 
     @property
     def paths(self) -> list[Path]:
         """Every file, the label map first: what must not exist before a run starts."""
-        extra = [self.uncertainty] if self.uncertainty is not None else []
+        extra = [path for path in (self.uncertainty, self.quality) if path is not None]
         return [self.labels, *extra, *self.probabilities]
 
 

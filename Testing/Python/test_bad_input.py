@@ -477,7 +477,8 @@ def test_segment_overwrite_replaces_an_existing_output_file(existing, untrained_
     written = nib.load(str(existing))
     assert written.shape == (154, 224, 2)
     assert written.get_data_dtype() == np.uint8
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz", "small.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.nii.gz", "seg_qc.json",
+                                                          "small.nii.gz"]
 
 
 @pytest.fixture
@@ -518,5 +519,6 @@ def test_evaluate_overwrite_replaces_the_existing_report(untrained_models, small
     assert (out / "summary.md").read_text().startswith(
         f"# Evaluation on 1 patient(s), ED and ES\n\nPatients: {PATIENT}\n")
     assert (out / "scores.csv").read_text().splitlines()[0] == \
-        "patient,group,phase,method,structure,dice,hd95_mm,msd_mm,flag,seconds"
+        "patient,group,phase,method,structure,dice,hd95_mm,msd_mm,flag,seconds," \
+        "qc_score,qc_case_score,qc_slices_to_review"
     assert sorted(p.name for p in out.iterdir()) == ["clinical.csv", "scores.csv", "summary.md"]

@@ -28,6 +28,7 @@ import SimpleITK as sitk
 
 from CardiacEnsembleLib.io.acdc import PatientFolder
 from CardiacEnsembleLib.core.case import Case
+from CardiacEnsembleLib.core.quality import QualityReport
 from CardiacEnsembleLib.cli import main
 from CardiacEnsembleLib.inference.ensemble import load_ensemble
 from CardiacEnsembleLib.io.images import read_image
@@ -208,6 +209,7 @@ def test_segment_folder_writes_exactly_the_label_uncertainty_and_probability_map
     _, _, out = folder_run
     expected = {f"{PATIENT}_{phase}_seg{tag}.nii.gz" for phase in ("ED", "ES")
                 for tag in ("", "_uncertainty", "_prob1", "_prob2", "_prob3")}
+    expected |= {f"{PATIENT}_{phase}_seg_qc.json" for phase in ("ED", "ES")}
     assert {p.name for p in out.iterdir()} == expected
 
 
@@ -225,12 +227,16 @@ def test_segment_folder_prints_the_dice_of_each_written_map_against_ground_truth
     folder = patient_dir(PATIENT)
     for phase, frame_file in (("ED", ED_FILE), ("ES", ES_FILE)):
         pattern = (rf"^{PATIENT}_{phase}: wrote .*{PATIENT}_{phase}_seg\.nii\.gz .* \| Dice vs "
-                   rf"ground truth RV (\d\.\d{{3}}) Myo (\d\.\d{{3}}) LV (\d\.\d{{3}})$")
+                   rf"ground truth RV (\d\.\d{{3}}) Myo (\d\.\d{{3}}) LV (\d\.\d{{3}}) "
+                   rf"\| (QC: .*)$")
         match = re.search(pattern, stdout, flags=re.MULTILINE)
         assert match, stdout
         predicted = read_zyx(out / f"{PATIENT}_{phase}_seg.nii.gz")
         truth = read_zyx(folder / frame_file.replace(".nii.gz", "_gt.nii.gz"))
-        for printed, label in zip(match.groups(), STRUCTURE_LABELS.values()):
+        *dice, qc_line = match.groups()
+        written = json.loads((out / f"{PATIENT}_{phase}_seg_qc.json").read_text())
+        assert qc_line == QualityReport.from_json(written).summary()
+        for printed, label in zip(dice, STRUCTURE_LABELS.values()):
             assert abs(float(printed) - numpy_dice(predicted == label, truth == label)) <= 5e-4
 
 
@@ -366,7 +372,8 @@ def test_segment_cine_writes_the_4d_labels_and_the_volume_curve_the_library_name
                                                "patient090_part_4d_volumes.csv",
                                                "patient090_part_4d_volumes.png"]
     assert re.search(r"^patient090_part_4d: 3 frames in \d+\.\d\d s \| ED/ES from the curve: "
-                     r"[123]/[123] \| LV EF ", stdout, flags=re.MULTILINE), stdout
+                     r"[123]/[123] \| QC \(disagreement\): frame [123] the most in doubt "
+                     r"\(\d\.\d{3}\) \| LV EF ", stdout, flags=re.MULTILINE), stdout
 
 
 def test_segment_cine_labels_lie_on_the_cine_grid_one_volume_per_frame(cine_run, small_cine):

@@ -46,8 +46,13 @@ def test_uncertainty_and_probability_maps_sit_beside_their_label_map():
 def test_segmentation_outputs_list_the_label_map_first_then_what_was_asked(uncertainty,
                                                                            probabilities, tags):
     outputs = SegmentationOutputs.beside("seg.nii", uncertainty=uncertainty,
-                                         probabilities=probabilities)
+                                         probabilities=probabilities, quality=False)
     assert outputs.paths == [Path(f"seg{tag}.nii") for tag in tags]
+    with_qc = SegmentationOutputs.beside("seg.nii", uncertainty=uncertainty,
+                                         probabilities=probabilities)
+    assert with_qc.quality == Path("seg_qc.json")  # the QC file by default, beside the labels
+    assert with_qc.paths == [outputs.paths[0], *outputs.paths[1:2 if uncertainty else 1],
+                             Path("seg_qc.json"), *outputs.paths[2 if uncertainty else 1:]]
 
 
 def test_cine_and_evaluation_outputs_in_their_folder():

@@ -56,6 +56,21 @@ def test_scores_csv_reads_back_exactly_what_evaluate_wrote(scored, tmp_path):
     assert read_scores_csv(path) == scored.scores
 
 
+def test_scores_csv_keeps_the_qc_columns_and_reads_a_csv_from_before_them(scored, tmp_path):
+    with_qc = [dataclasses.replace(r, qc_score=0.125, qc_case_score=0.0625,
+                                   qc_slices_to_review=3) if r.method == "ensemble-mean" else r
+               for r in scored.scores]
+    path = tmp_path / "scores.csv"
+    write_scores_csv(Evaluation(scores=with_qc, methods=scored.methods), path)
+    back = read_scores_csv(path)
+    assert back == with_qc
+    assert isinstance(back[-1].qc_slices_to_review, int) and back[0].qc_score is None
+    old = tmp_path / "old_scores.csv"  # release 1.4's columns: no QC
+    lines = path.read_text().splitlines()
+    old.write_text("\n".join(",".join(line.split(",")[:10]) for line in lines) + "\n")
+    assert read_scores_csv(old) == scored.scores
+
+
 def test_a_csv_that_is_not_scores_is_refused_by_name(tmp_path):
     clinical = tmp_path / "clinical.csv"  # the other CSV evaluate writes
     indices = ClinicalIndices(150.0, 60.0, 60.0, 160.0, 80.0, 50.0, 120.0)
