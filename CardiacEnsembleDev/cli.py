@@ -17,7 +17,8 @@ from CardiacEnsembleLib.core.options import FUSION_RULES
 
 
 def register(commands) -> None:
-    for add in (_add_train, _add_pack, _add_ship, _add_select, _add_benchmark, _add_report):
+    for add in (_add_train, _add_pack, _add_ship, _add_select, _add_benchmark, _add_report,
+                _add_quality):
         add(commands)
 
 
@@ -250,6 +251,73 @@ def _benchmark_rivals(args: argparse.Namespace, ensemble, patient, cine_patient=
     return {"reference": reference, "presets": presets,
             "best_member": best_validated(manifest.members), "cold_segment": cold,
             "cold_cine": cold_cine}
+
+
+# ------------------------------------------------------------------------ quality
+
+def _add_quality(commands) -> None:
+    quality = commands.add_parser(
+        "quality", help="does the QC score find the errors? The ensemble's disagreement and the "
+                        "best member's entropy / TTA disagreement on a split; on validation it "
+                        "fits the flag thresholds")
+    quality.add_argument("--data", type=Path, required=True, help="ACDC root with splits.json")
+    quality.add_argument("--split", choices=("validation", "test"), required=True)
+    quality.add_argument("--limit", type=int, default=0, help="first N patients only (0: all)")
+    quality.add_argument("--out", type=Path, required=True,
+                         help="folder: units.csv, report.md, error_caught.png (validation: also "
+                              "thresholds.json)")
+    quality.add_argument("--thresholds", type=Path, default=None,
+                         help="thresholds.json of a validation run, applied in the report")
+    quality.add_argument("--apply", action="store_true",
+                         help="validation only: write the fitted thresholds into the models "
+                              "folder's manifest (quality_control)")
+    quality.add_argument("--record-command", action="store_true")
+    quality.add_argument("--overwrite", action="store_true")
+    add_model_options(quality)
+    quality.set_defaults(run=run_quality)
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from CardiacEnsembleDev.release import quality as study
+    from CardiacEnsembleLib.core.manifest import read_manifest, update_manifest
+    from CardiacEnsembleLib.inference.ensemble import best_validated
+    from CardiacEnsembleLib.io.acdc import find_patients, load_splits
+
+    if args.apply and args.split != "validation":
+        raise ValueError(f"--apply with --split {args.split}: the thresholds are fitted on "
+                         f"validation only (use --split validation; test only reports)")
+    thresholds = study.load_thresholds(args.thresholds) if args.thresholds else None
+    outputs = {name: args.out / name for name in ("units.csv", "report.md", "error_caught.png")}
+    if args.split == "validation":
+        outputs["thresholds.json"] = args.out / "thresholds.json"
+    refuse_existing(list(outputs.values()), args.overwrite)
+    ids = load_splits(args.data)[args.split]
+    patients = find_patients(args.data, ids[:args.limit] if args.limit else ids)
+    ensemble = load_ensemble(args)
+    best = best_validated(read_manifest(models_dir(args)).members)
+    bar = ProgressBar(f"QC systems on {args.split}", not args.quiet, unit="frame")
+    try:
+        units = study.collect_units(ensemble, best, patients, progress=bar)
+    finally:
+        bar.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    study.write_units(units, outputs["units.csv"])
+    if args.split == "validation":
+        thresholds = study.fit_thresholds(
+            units, f"validation, {len(patients)} patients, recall {study.RECALL_TARGET:.0%}")
+        study.save_thresholds(thresholds, outputs["thresholds.json"])
+    title = f"{args.split}: {len(patients)} patients, best member {best}"
+    study.plot_error_caught(units, outputs["error_caught.png"], title)
+    outputs["report.md"].write_text(study.report_markdown(
+        units, args.split, [p.patient_id for p in patients], thresholds,
+        outputs["error_caught.png"].name, command_line(args) if args.record_command else ""))
+    for m in study.measures(units):
+        print(f"{m.system:30s} {m.level:9s} AUROC {m.auroc:.3f}  AP {m.average_precision:.3f}  "
+              f"({m.errors}/{m.units} errors)")
+    if args.apply:
+        print(f"updated {update_manifest(models_dir(args), study.manifest_update(thresholds))}")
+    print(f"wrote {', '.join(map(str, outputs.values()))}")
+    return 0
 
 
 # ------------------------------------------------------------------------ report

@@ -24,7 +24,7 @@ from CardiacEnsembleLib.cli import ENTRY_POINT_GROUP, installed_groups, main
 PATIENT = "patient090"
 MEMBERS = ("unet-mnv2", "linknet-mnv2", "fpn-mnv2")
 STRUCTURES = ("RV", "Myo", "LV")
-WORKBENCH_COMMANDS = ("train", "pack", "ship", "select", "benchmark", "report")
+WORKBENCH_COMMANDS = ("train", "pack", "ship", "select", "benchmark", "report", "quality")
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
@@ -182,3 +182,56 @@ def test_report_refuses_an_existing_report_before_the_ensemble_loads(untrained_m
     assert "ensemble: " not in stdout
     assert report.read_text() == "the user's own report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acdc_test.md"]
+
+
+@pytest.fixture(scope="module")
+def quality_run(untrained_models, test_split_root, tmp_path_factory):
+    """`quality --split validation --apply` on patient090 (2 slices) with a copy of the models
+    folder: (code, stdout, out folder, models folder)."""
+    work = tmp_path_factory.mktemp("quality_run")
+    root = work / "acdc"
+    shutil.copytree(test_split_root, root)
+    (root / "splits.json").write_text(json.dumps({"train": [], "validation": [PATIENT],
+                                                  "test": []}))
+    models = work / "models"
+    shutil.copytree(untrained_models, models)
+    out = work / "qc"
+    code, stdout, _ = run_cli("-q", "quality", "--data", root, "--split", "validation",
+                              "--out", out, "--apply", "--models", models, "--device", "cpu")
+    return code, stdout, out, models
+
+
+def test_quality_writes_its_report_and_puts_the_fitted_thresholds_in_the_manifest(quality_run):
+    from CardiacEnsembleLib.core.manifest import read_manifest
+    from CardiacEnsembleLib.core.quality import QualityScore
+
+    code, stdout, out, models = quality_run
+    assert code == 0, stdout
+    assert sorted(p.name for p in out.iterdir()) == ["error_caught.png", "report.md",
+                                                     "thresholds.json", "units.csv"]
+    assert (out / "error_caught.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Error caught in the top 10% of slices" in (out / "report.md").read_text()
+    fitted = json.loads((out / "thresholds.json").read_text())
+    assert len(fitted) == 4  # the ensemble's two scores and the best member's two
+    stored = read_manifest(models).quality_control
+    assert set(stored) == {QualityScore.DISAGREEMENT, QualityScore.ENTROPY}
+    for score, thresholds in stored.items():
+        assert thresholds.source.startswith("validation, 1 patients")
+        assert 0.0 <= thresholds.slice <= 1.0 and 0.0 <= thresholds.case <= 1.0
+    # the product's scores: the ensemble's disagreement, a lone network's own entropy
+    for score, system in ((QualityScore.DISAGREEMENT, "ensemble disagreement"),
+                          (QualityScore.ENTROPY, "best member entropy")):
+        assert (stored[score].slice, stored[score].case) == (
+            fitted[system]["slice_threshold"], fitted[system]["case_threshold"])
+    assert re.search(r"^ensemble disagreement +slice +AUROC ", stdout, flags=re.MULTILINE)
+
+
+def test_quality_refuses_to_fit_thresholds_on_the_test_split_before_any_work(
+        untrained_models, test_split_root, tmp_path):
+    code, stdout, stderr = run_cli("quality", "--data", test_split_root, "--split", "test",
+                                   "--out", tmp_path / "qc", "--apply",
+                                   "--models", untrained_models, "--device", "cpu")
+    assert code == 2
+    assert stderr == ("error: --apply with --split test: the thresholds are fitted on "
+                      "validation only (use --split validation; test only reports)\n")
+    assert "ensemble: " not in stdout and list(tmp_path.iterdir()) == []
