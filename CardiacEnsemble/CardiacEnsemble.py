@@ -13,6 +13,9 @@ Console use, no panel needed:
     loaded = logic.loadACDCCase("/data/acdc/training/patient001")
     nodes = logic.segment(loaded["ED"].volume, wait=True)          # PredictionNodes
     table = logic.evaluate(nodes.segmentation, loaded["ED"].ground_truth)
+    print(logic.reviewSummary(nodes.segmentation))                # the QC review list:
+    entries = logic.reviewList(nodes.segmentation)                 # worst (slice, structure) first
+    logic.jumpToReview(entries[0], nodes.segmentation)             # slice views + Segment Editor
     cine = logic.segmentCine(loaded.cine.proxy, wait=True)        # CineNodes: every frame
     print(cine.summary["ed_frame"], cine.summary["es_frame"], cine.summary["lv_ef_pct"])
 """
@@ -21,6 +24,7 @@ import logging
 import os
 import sys
 import traceback
+import weakref
 from typing import Annotated, Optional
 
 import qt
@@ -62,6 +66,18 @@ def _read_manifest(modelsDir=None):
     except (OSError, ValueError) as error:  # MemberError is a ValueError
         logging.warning(f"Cardiac Ensemble: no usable ensemble manifest in {folder}: {error}")
         return None
+
+
+def qualityThresholds(modelsDir=None) -> dict:
+    """The QC thresholds validated for an ensemble ({score: QualityThresholds}, its manifest's);
+    empty when it has none: the review list is then ranked, nothing flagged."""
+    from CardiacEnsembleLib.core.quality import QualityThresholds
+
+    manifest = _read_manifest(modelsDir)
+    thresholds = manifest.quality_control if manifest is not None else None
+    if isinstance(thresholds, QualityThresholds):
+        return {thresholds.score: thresholds}
+    return dict(thresholds or {})
 
 
 def _shipped_fusion_rule(modelsDir=None) -> str:
@@ -219,6 +235,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._memberCheckBoxes = {}
         self._job = None
         self._timer = None
+        self._reviewSegmentation = None  # the segmentation whose QC review list is shown
+        self._reviewEntries = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -241,6 +259,7 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
         self.ui.uncertaintyButton.connect("clicked(bool)", self.onShowUncertainty)
         self.ui.segmentEditorButton.connect("clicked(bool)", self.onOpenSegmentEditor)
+        self.ui.reviewListWidget.connect("itemClicked(QListWidgetItem*)", self.onReviewItemClicked)
         self.ui.progressBar.setVisible(False)
 
         self._addMemberCheckBoxes()
@@ -338,6 +357,8 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.uncertaintyButton.enabled = bool(
             output and self.logic.uncertaintyVolume(output)) and not running
         self.ui.segmentEditorButton.enabled = bool(output) and not running
+        if output is not self._reviewSegmentation:
+            self._updateReview(output)
 
     # --- actions ---------------------------------------------------------------------
 
@@ -468,9 +489,26 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         + summary_text(nodes.summary))
         else:
             self._parameterNode.outputSegmentation = nodes.segmentation
+            self._updateReview(nodes.segmentation)  # a new QC report, maybe on the same node
             self.ui.statusLabel.text = (
                 f"Segmented in {status.seconds:.1f} s with {len(nodes.members)} member(s); "
                 f"member results are hidden segmentations beside '{nodes.segmentation.GetName()}'.")
+
+    def _updateReview(self, segmentation) -> None:
+        """The QC review list of `segmentation` (worst first) and its summary line."""
+        self._reviewSegmentation, self._reviewEntries = segmentation, []
+        self.ui.reviewListWidget.clear()
+        if segmentation is None:
+            self.ui.reviewLabel.text = ""
+            return
+        try:
+            self._reviewEntries = self.logic.reviewList(segmentation)
+        except ValueError as error:  # e.g. a segment renamed since: the message says what to do
+            self.ui.reviewLabel.text = f"No QC review list: {error}"
+            return
+        self.ui.reviewLabel.text = self.logic.reviewSummary(segmentation)
+        for entry in self._reviewEntries:
+            self.ui.reviewListWidget.addItem(entry.text)
 
     @staticmethod
     def _progressText(status) -> str:
@@ -506,6 +544,13 @@ class CardiacEnsembleWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          foreground=volume, foregroundOpacity=0.5)
         self.ui.statusLabel.text = "Uncertainty: 0 = members agree, 1 = all classes equally likely."
 
+    def onReviewItemClicked(self, item) -> None:
+        entry = self._reviewEntries[self.ui.reviewListWidget.row(item)]
+        with slicer.util.tryWithErrorDisplay("Could not show this slice.", waitCursor=True):
+            self.logic.jumpToReview(entry, self._reviewSegmentation)
+            self.ui.statusLabel.text = (f"{entry.text}: shown in the slice views; its segment is "
+                                        f"the one the Segment Editor edits.")
+
     def onOpenSegmentEditor(self) -> None:
         if not self._ensureDependencies():
             return
@@ -532,6 +577,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         self._ensembles = {}
         self.job = None
         self._worker = None  # the inference worker's client, made with the first segment()
+        self._jobModels = weakref.WeakKeyDictionary()  # job -> its models folder (QC thresholds)
 
     def getParameterNode(self):
         return CardiacEnsembleParameterNode(super().getParameterNode())
@@ -644,6 +690,7 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
         job = SegmentationJob(volumeNode, self.inferenceWorker(), request,
                               output=outputSegmentation, allow_sequence_frame=sequenceFrame)
         self.job = job
+        self._jobModels[job] = request.models_dir
         return self.waitForCompletion(job) if wait else job
 
     def segmentCine(self, sequenceNode, members=None, fusion: Optional[str] = None,
@@ -700,10 +747,69 @@ class CardiacEnsembleLogic(ScriptedLoadableModuleLogic):
     def finishSegmentation(self, job):
         """PredictionNodes (CineNodes for a cine) of a finished job; raises `Cancelled`,
         `WorkerError` (the worker crashed or was killed) or the worker's refusal (a
-        ValueError), the scene unchanged."""
+        ValueError), the scene unchanged. A frame's QC report is kept with its segmentation
+        (`reviewList`)."""
+        from CardiacEnsembleLib.slicer.prediction import PredictionNodes
+
         if job is self.job:
             self.job = None
-        return job.finish()
+        nodes = job.finish()
+        if isinstance(nodes, PredictionNodes):  # the worker's Prediction, read once, kept
+            self.assessQuality(nodes.segmentation, job.work.result(), self._jobModels.get(job))
+        return nodes
+
+    # --- quality control: the review list ------------------------------------------------
+
+    def assessQuality(self, segmentationNode, prediction, modelsDir: Optional[str] = None):
+        """The QC report of `prediction` (its members' disagreement; a lone network's
+        entropy), flagged with the thresholds validated for the ensemble of `modelsDir`, kept
+        with `segmentationNode`. None, with a warning, where it cannot be scored."""
+        from CardiacEnsembleLib.inference.quality import assess
+        from CardiacEnsembleLib.slicer.review import store_report
+
+        try:
+            report = assess(prediction, qualityThresholds(modelsDir))
+        except ValueError as error:  # e.g. one network and no probabilities
+            logging.warning(f"Cardiac Ensemble: no QC report for "
+                            f"'{segmentationNode.GetName()}': {error}")
+            report = None
+        store_report(segmentationNode, report)
+        return report
+
+    @staticmethod
+    def qualityReport(segmentationNode):
+        """The QC report kept with a segmentation (None: it has none)."""
+        from CardiacEnsembleLib.slicer.review import stored_report
+
+        return None if segmentationNode is None else stored_report(segmentationNode)
+
+    def reviewSummary(self, segmentationNode) -> str:
+        """The line above the review list: "4 slices to review ...", or why none are flagged."""
+        from CardiacEnsembleLib.slicer.review import review_summary
+
+        return review_summary(self.qualityReport(segmentationNode))
+
+    def reviewList(self, segmentationNode, referenceVolume=None) -> list:
+        """The QC review list (`ReviewEntry`s): the flagged slices and structures, worst first
+        (without a validated threshold the 10 worst), each with its text, segment ID and the
+        point to jump to, on the segmentation as it is now; empty without a QC report."""
+        from CardiacEnsembleLib.slicer.review import review_entries
+
+        report = self.qualityReport(segmentationNode)
+        return [] if report is None else review_entries(report, segmentationNode,
+                                                        referenceVolume)
+
+    @staticmethod
+    def jumpToReview(entry, segmentationNode=None, centered: bool = True) -> None:
+        """Show a review entry: every slice view jumps to it (centred on it, or only moved to
+        its plane); with `segmentationNode`, its structure becomes the Segment Editor's
+        selected segment (the editor's parameter node, so it holds when the editor opens)."""
+        from CardiacEnsembleLib.slicer.review import jump_slices, select_segment_for_editing
+
+        scene = segmentationNode.GetScene() if segmentationNode is not None else slicer.mrmlScene
+        jump_slices(scene, entry.ras, centered=centered)
+        if segmentationNode is not None:
+            select_segment_for_editing(segmentationNode, entry.segment_id)
 
     def cancel(self) -> None:
         """Kill the running segmentation's worker process; the next request starts another."""
@@ -867,6 +973,22 @@ class CardiacEnsembleTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(labels, expected)
         self.assertEqual(set(nodes.members), set(logic.shippedMemberNames()))
         self.assertIsNotNone(logic.uncertaintyVolume(nodes.segmentation))
+
+        self.delayDisplay("The QC review list: worst first, a click shows it and selects it")
+        from CardiacEnsembleLib.slicer.review import entries_to_show
+
+        report = logic.qualityReport(nodes.segmentation)
+        entries = logic.reviewList(nodes.segmentation)
+        self.assertEqual([(e.slice_index, e.structure) for e in entries],
+                         [(e.slice_index, e.structure) for e in entries_to_show(report)])
+        self.assertTrue(entries)
+        logic.jumpToReview(entries[0], nodes.segmentation)
+        red = slicer.mrmlScene.GetNodeByID("vtkMRMLSliceNodeRed")
+        for axis in range(3):
+            self.assertAlmostEqual(red.GetSliceToRAS().GetElement(axis, 3), entries[0].ras[axis],
+                                   places=3)
+        editor = slicer.mrmlScene.GetSingletonNode("SegmentEditor", "vtkMRMLSegmentEditorNode")
+        self.assertEqual(editor.GetSelectedSegmentID(), entries[0].segment_id)
 
         self.delayDisplay("Evaluate against the ground truth")
         table = logic.evaluate(nodes.segmentation, phase.ground_truth)

@@ -32,8 +32,11 @@ from CardiacEnsembleLib.slicer.worker import SceneJob
 #: The volume-time table's columns: the frame (1-based, as ACDC numbers them) and ml per frame.
 CURVE_COLUMNS = ("frame", "LV ml", "RV ml", "Myo ml")
 _CURVE_KEYS = {"LV ml": "LV", "RV ml": "RV", "Myo ml": "Myo"}
-#: Node references from the segmentation sequence to its table and chart (reused on re-runs).
+#: The table's column of the per-frame QC score (the members' disagreement), when scored.
+QC_COLUMN = "QC score"
+#: Node references from the segmentation sequence to its table and charts.
 TABLE_REFERENCE, CHART_REFERENCE = "CardiacEnsembleCurveTable", "CardiacEnsembleCurveChart"
+QC_CHART_REFERENCE = "CardiacEnsembleQualityChart"
 
 
 @dataclass
@@ -58,9 +61,12 @@ class CineNodes:
 
     sequence: object  # vtkMRMLSequenceNode of segmentation nodes, one per frame
     proxy: object  # vtkMRMLSegmentationNode showing the browser's current frame
-    table: object  # vtkMRMLTableNode: frame, LV, RV, Myo ml
+    table: object  # vtkMRMLTableNode: frame, LV, RV, Myo ml (and the QC score when scored)
     chart: object  # vtkMRMLPlotChartNode: LV and RV volume over the frames
     summary: dict  # ed_frame, es_frame, lv_ef_pct, stroke_volume_ml, myo_mass_ed_g, ...
+    # QC per frame as bars over the frames (a second chart: its 0-1 scale is not ml); None
+    # when the result has no QC score
+    quality_chart: object = None
 
 
 # --- the sequence the user picked --------------------------------------------------------
@@ -174,13 +180,19 @@ def _new_sequence(scene, name: str):
 
 # --- the result into the scene ------------------------------------------------------------
 
-def cine_summary(labels: np.ndarray, volumes_ml: dict, spacing_zyx) -> dict:
-    """ED/ES frames found on the LV curve (1-based), LV and RV EF, stroke volume, ED mass."""
+def cine_summary(labels: np.ndarray, volumes_ml: dict, spacing_zyx,
+                 quality: Optional[np.ndarray] = None) -> dict:
+    """ED/ES frames found on the LV curve (1-based), LV and RV EF, stroke volume, ED mass; with
+    the per-frame QC scores, the frame most in doubt (1-based) and its score."""
     lv = np.asarray(volumes_ml["LV"])
     ed, es = int(np.argmax(lv)) + 1, int(np.argmin(lv)) + 1
     indices = clinical_indices(labels[ed - 1], labels[es - 1], spacing_zyx)
-    return {"ed_frame": ed, "es_frame": es, **indices.as_dict(),
-            "stroke_volume_ml": indices.lv_edv_ml - indices.lv_esv_ml}
+    summary = {"ed_frame": ed, "es_frame": es, **indices.as_dict(),
+               "stroke_volume_ml": indices.lv_edv_ml - indices.lv_esv_ml}
+    if quality is not None and len(quality):
+        worst = int(np.argmax(quality))
+        summary.update(qc_worst_frame=worst + 1, qc_worst_score=float(quality[worst]))
+    return summary
 
 
 def add_segmentation_sequence(scene, labels: np.ndarray, cine: CineInput, name: str):
@@ -207,25 +219,47 @@ def add_segmentation_sequence(scene, labels: np.ndarray, cine: CineInput, name: 
 
 
 def add_volume_curve(scene, volumes_ml: dict, name: str, summary: dict, *, table=None,
-                     chart=None):
-    """The volume-time curve as a table (frame, LV, RV, Myo ml) and a chart of LV and RV;
-    the chart's title names ED, ES and EF. Returns (table, chart)."""
+                     chart=None, quality: Optional[np.ndarray] = None):
+    """The volume-time curve as a table (frame, LV, RV, Myo ml; with `quality`, the QC score
+    of each frame too) and a chart of LV and RV; the chart's title names ED, ES and EF.
+    Returns (table, chart)."""
     table = table or scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} volumes")
+    columns = {column: volumes_ml[key] for column, key in _CURVE_KEYS.items()}
+    if quality is not None:
+        columns[QC_COLUMN] = quality
     frames = len(volumes_ml["LV"])
     data = vtk.vtkTable()
-    for column in CURVE_COLUMNS:
+    for column in (CURVE_COLUMNS[0], *columns):
         array = vtk.vtkIntArray() if column == "frame" else vtk.vtkDoubleArray()
         array.SetName(column)
         array.SetNumberOfValues(frames)
         for index in range(frames):
             array.SetValue(index, index + 1 if column == "frame"
-                           else float(volumes_ml[_CURVE_KEYS[column]][index]))
+                           else float(columns[column][index]))
         data.AddColumn(array)
     table.SetAndObserveTable(data)
     for column, unit in zip(CURVE_COLUMNS, ("", "ml", "ml", "ml")):
         table.SetColumnUnitLabel(column, unit)
     _summary_attributes(table, summary, "volume-time curve")
     return table, _add_chart(scene, table, name, summary, chart)
+
+
+def add_quality_chart(scene, table, name: str, summary: dict, score: str):
+    """The per-frame QC score of `table` as bars over the frames; the title names the frame
+    most in doubt."""
+    chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", f"{name} QC")
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} QC score")
+    series.SetAndObserveTableNodeID(table.GetID())
+    series.SetXColumnName("frame")
+    series.SetYColumnName(QC_COLUMN)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatterBar)  # bars at X = frame
+    series.SetColor(0.5, 0.5, 0.5)
+    chart.AddAndObservePlotSeriesNodeID(series.GetID())
+    chart.SetTitle(f"{name}: QC ({score}) per frame, frame {summary['qc_worst_frame']} the "
+                   f"most in doubt ({summary['qc_worst_score']:.3f})")
+    chart.SetXAxisTitle("frame")
+    chart.SetYAxisTitle(f"QC score ({score}, 0 = members agree)")
+    return chart
 
 
 def _add_chart(scene, table, name: str, summary: dict, chart=None):
@@ -261,15 +295,21 @@ def add_cine_result(scene, result, cine: CineInput, *,
         raise SlicerBridgeError(f"the cine segmentation was not made on the grid of "
                                 f"'{cine.name}'; segment it again")
     name = name or f"{cine.name} segmentation"
-    summary = cine_summary(result.labels, result.volumes_ml, cine.geometry.spacing_zyx)
+    quality = getattr(result, "quality", None)
+    summary = cine_summary(result.labels, result.volumes_ml, cine.geometry.spacing_zyx,
+                           quality)
     sequence, proxy = add_segmentation_sequence(scene, result.labels, cine, name)
-    table, chart = add_volume_curve(scene, result.volumes_ml, name, summary)
+    table, chart = add_volume_curve(scene, result.volumes_ml, name, summary, quality=quality)
+    quality_chart = None if quality is None else add_quality_chart(
+        scene, table, name, summary, result.quality_score or "QC")
     for node in (sequence, proxy):
         _summary_attributes(node, summary, "cine prediction")
         node.SetNodeReferenceID(TABLE_REFERENCE, table.GetID())
         node.SetNodeReferenceID(CHART_REFERENCE, chart.GetID())
-    _place(cine, proxy, [sequence, table, chart])
-    return CineNodes(sequence, proxy, table, chart, summary)
+        if quality_chart is not None:
+            node.SetNodeReferenceID(QC_CHART_REFERENCE, quality_chart.GetID())
+    _place(cine, proxy, [sequence, table, chart] + ([quality_chart] if quality_chart else []))
+    return CineNodes(sequence, proxy, table, chart, summary, quality_chart)
 
 
 def _place(cine: CineInput, proxy, details: list) -> None:
@@ -286,9 +326,12 @@ def summary_text(summary: dict) -> str:
         value = summary.get(key, math.nan)
         return "n/a" if not math.isfinite(value) else f"{value:.{digits}f}"
 
+    doubt = (f"; QC: frame {summary['qc_worst_frame']} the most in doubt "
+             f"({summary['qc_worst_score']:.3f})" if "qc_worst_frame" in summary else "")
     return (f"ED frame {summary['ed_frame']}, ES frame {summary['es_frame']}; LV EF "
             f"{number('lv_ef_pct')} %, stroke volume {number('stroke_volume_ml')} ml, "
-            f"myocardial mass (ED) {number('myo_mass_ed_g')} g; RV EF {number('rv_ef_pct')} %")
+            f"myocardial mass (ED) {number('myo_mass_ed_g')} g; RV EF {number('rv_ef_pct')} %"
+            + doubt)
 
 
 class CineJob(SceneJob):

@@ -77,14 +77,14 @@ def test_the_segmentation_sequence_follows_the_browser_frame_by_frame(scene, cin
 
 def test_the_volume_curve_table_and_chart_and_the_summary(scene, cine090, crop_result):
     from CardiacEnsembleLib.evaluation.metrics import clinical_indices
-    from CardiacEnsembleLib.slicer.cine import CURVE_COLUMNS, add_cine_result
+    from CardiacEnsembleLib.slicer.cine import CURVE_COLUMNS, QC_COLUMN, add_cine_result
     from CardiacEnsembleLib.slicer.nodes import get_attribute
 
     loaded = _crop_sequence(scene, cine090)
     nodes = add_cine_result(scene, crop_result, loaded)
     table = nodes.table.GetTable()
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == \
-        list(CURVE_COLUMNS)
+        [*CURVE_COLUMNS, QC_COLUMN]
     assert [table.GetValue(r, 0).ToInt() for r in range(table.GetNumberOfRows())] == [1, 2, 3]
     for column, key in ((1, "LV"), (2, "RV"), (3, "Myo")):
         assert [table.GetValue(r, column).ToDouble() for r in range(len(CROP))] == \
@@ -108,6 +108,31 @@ def test_the_volume_curve_table_and_chart_and_the_summary(scene, cine090, crop_r
         assert get_attribute(node, "ed_frame") == str(crop_result.ed_frame)
         assert get_attribute(node, "es_frame") == str(crop_result.es_frame)
     assert f"ED frame {crop_result.ed_frame}" in nodes.chart.GetTitle()
+
+
+def test_the_qc_score_of_each_frame_is_a_table_column_and_a_bar_chart(scene, cine090,
+                                                                      crop_result):
+    from CardiacEnsembleLib.slicer.cine import QC_CHART_REFERENCE, QC_COLUMN, \
+        add_cine_result, summary_text
+
+    assert crop_result.quality_score == "disagreement" and crop_result.quality.shape == (3,)
+    loaded = _crop_sequence(scene, cine090)
+    nodes = add_cine_result(scene, crop_result, loaded)
+    table = nodes.table.GetTable()
+    column = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())].index(QC_COLUMN)
+    assert [table.GetValue(r, column).ToDouble() for r in range(len(CROP))] == \
+        list(crop_result.quality)
+    worst = int(np.argmax(crop_result.quality)) + 1
+    assert (nodes.summary["qc_worst_frame"], nodes.summary["qc_worst_score"]) == \
+        (worst, crop_result.quality[worst - 1])
+    assert nodes.quality_chart.GetNumberOfPlotSeriesNodes() == 1
+    bars = nodes.quality_chart.GetNthPlotSeriesNode(0)
+    assert (bars.GetXColumnName(), bars.GetYColumnName(), bars.GetTableNode()) == \
+        ("frame", QC_COLUMN, nodes.table)
+    assert f"frame {worst} the most in doubt" in nodes.quality_chart.GetTitle()
+    assert nodes.proxy.GetNodeReference(QC_CHART_REFERENCE) is nodes.quality_chart
+    assert summary_text(nodes.summary).endswith(
+        f"; QC: frame {worst} the most in doubt ({crop_result.quality[worst - 1]:.3f})")
 
 
 def test_the_worker_job_gives_in_process_segment_cine(scene, cine090, crop_result, worker,

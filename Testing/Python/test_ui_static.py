@@ -37,6 +37,8 @@ EXPECTED_CLASSES = {
     "progressBar": "QProgressBar",
     "statusLabel": "QLabel",
     "membersGroupBox": "QGroupBox",
+    "reviewLabel": "QLabel",
+    "reviewListWidget": "QListWidget",
 }
 #: The parameterNodeWrapper connects only exact widget classes to a type (guiConnectors.py).
 BINDING_CLASSES = {"node": "qMRMLNodeComboBox", "bool": "QCheckBox", "choice": "QComboBox"}
