@@ -116,12 +116,13 @@ class QualityReport:
             "thresholds": self.thresholds.to_json() if self.thresholds else None,
             "slices_to_review": len(self.to_review),
             "structures": {name: round(value, 4) for name, value in self.structures.items()},
-            "slices": [{"slice": entry.slice_index, "structure": entry.structure,
-                        "label": entry.label, "score": round(entry.score, 4),
-                        "flagged": entry.flagged} for entry in self.slices],
+            # slice_index: 0-based K, the label map's third voxel axis; slice_number: 1-based,
+            # as the summary line and the Slicer panel print it
+            "slices": [{"slice_index": entry.slice_index, "slice_number": entry.slice_index + 1,
+                        "structure": entry.structure, "label": entry.label,
+                        "score": round(entry.score, 4), "flagged": entry.flagged}
+                       for entry in self.slices],
             "notes": self.notes,
-            "slice_index": "0-based index along the label map's first array axis (Z, the "
-                           "NIfTI's third voxel axis k)",
         }
 
     @classmethod
@@ -130,7 +131,7 @@ class QualityReport:
         score = QualityScore(data["score"])
         return cls(score=score, case_score=float(data["case_score"]),
                    structures={k: float(v) for k, v in data["structures"].items()},
-                   slices=[SliceReview(int(e["slice"]), str(e["structure"]), float(e["score"]),
+                   slices=[SliceReview(int(e["slice_index"]), str(e["structure"]), float(e["score"]),
                                        bool(e["flagged"])) for e in data["slices"]],
                    thresholds=QualityThresholds.from_json(score, thresholds, "QC file")
                    if thresholds else None,
