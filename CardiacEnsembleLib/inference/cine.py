@@ -24,8 +24,10 @@ from CardiacEnsembleLib.io.atomic import atomic_output
 if TYPE_CHECKING:  # torch only where frames are segmented: the worker's client reads results
     from CardiacEnsembleLib.inference.ensemble import Ensemble
 
-#: Upper bound for one chunk's member probabilities (M x C x slices x Y x X float32).
-CHUNK_BYTES = 512 * 2**20
+#: Upper bound for one chunk's member probabilities (M x C x slices x Y x X float32). With the
+#: networks' activations and the fusion's temporaries a chunk's peak is roughly twice this above
+#: the loaded ensemble: patient090's 12 frames (232 MB of them, one chunk) peak at 1.3 GiB.
+CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass

@@ -195,7 +195,8 @@ class Ensemble:
         total = len(order) * slices_per_member
         prepared: dict[PreprocessSpec, tuple] = {}
         region: Optional[HeartRegion] = None
-        per_member, seconds = {}, {}
+        stacked: Optional[torch.Tensor] = None  # (M, C, N, Y, X), filled member by member
+        seconds = {}
         for done_members, index in enumerate(order):
             member = self.locator if index is None else self.members[index]
             started = time.perf_counter()
@@ -227,10 +228,14 @@ class Ensemble:
             if index is None:  # the locator alone: its box is all it gives
                 timings["locate"] = timings.get("locate", 0.0) + time.perf_counter() - started
                 continue
-            per_member[index] = restore_timed(probabilities, grid, timings).transpose(0, 1)
+            restored = restore_timed(probabilities, grid, timings).transpose(0, 1)
+            del probabilities
+            if stacked is None:  # written in place: torch.stack would hold every member twice
+                stacked = restored.new_empty((len(self.members), *restored.shape))
+            stacked[index] = restored
+            del restored
             seconds[index] = time.perf_counter() - started
-        indices = range(len(self.members))
-        return torch.stack([per_member[i] for i in indices]), [seconds[i] for i in indices]
+        return stacked, [seconds[i] for i in range(len(self.members))]
 
     def predict(self, case: Case, *, progress: Optional[Progress] = None,
                 cancel: Optional[CancelToken] = None, keep_member_probabilities: bool = False,
