@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from CardiacEnsembleDev.release.compare import run_means
+from CardiacEnsembleLib.cli.evaluate import SUMMARY_ENSEMBLE
 from CardiacEnsembleLib.core.manifest import DEFAULT_MODELS_DIR, update_manifest
 from CardiacEnsembleLib.core.options import Preset
 
@@ -63,6 +64,24 @@ CANDIDATES = (
 )
 
 
+def check_region(runs: Path, candidate: Candidate) -> None:
+    """Stop unless the candidate's run ran its heart region, as its evaluate summary.md names
+    it: a run left to the manifest's default preset (heart region on) once stood in for the
+    full grid, and recorded the balanced Dice as the full preset's."""
+    summary = runs / candidate.run / "summary.md"
+    lines = [line for line in summary.read_text().splitlines()
+             if line.startswith(SUMMARY_ENSEMBLE)] if summary.exists() else []
+    if not lines:
+        raise SystemExit(f"{summary}: no '{SUMMARY_ENSEMBLE}' line (a run from before it was "
+                         f"written); run preset_validation.sh again")
+    margin = candidate.settings["heart_margin"]
+    found = re.search(r"\| heart region: .* \+ (\d+) px$", lines[0])
+    ran = int(found.group(1)) if found else None
+    if ran != margin:
+        raise SystemExit(f"{summary}: ran heart margin {ran}, the {candidate.label} preset "
+                         f"records {margin} (None: the full grid)")
+
+
 def validation_dice(runs: Path, candidate: Candidate) -> tuple[float, float]:
     """(mean Dice, mean HD95) of a candidate over its run's frames."""
     _, dice, hd95 = run_means(runs / candidate.run / "scores.csv", candidate.method)
@@ -86,6 +105,7 @@ def preset_entries(runs: Path, seconds: dict[str, float]) -> dict[str, dict]:
     for candidate in CANDIDATES:
         if candidate.settings is None:
             continue
+        check_region(runs, candidate)
         dice, _ = validation_dice(runs, candidate)
         entry = {**candidate.settings, "validation_dice": round(dice, 4)}
         if candidate.benchmark_row in seconds:

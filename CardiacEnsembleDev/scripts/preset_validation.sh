@@ -4,7 +4,8 @@
 # candidates (a cheap locator on the full grid, the best-validated member on the heart's box),
 # and the rivals a single network offers (the best member alone, and with flip TTA), each with
 # the largest-component clean-up. The presets in the manifest are chosen from this table; the
-# test split is not read. Then `select` re-chooses rule and weights on heart-region
+# test split is not read. Every run names its preset: left out, a run gets the manifest's
+# default (heart region on). Then `select` re-chooses rule and weights on heart-region
 # probabilities (reports/validation_selection_heart_region/). Cost: the benchmark.
 # About 15 minutes on 2 CPU cores.
 set -euo pipefail
@@ -20,13 +21,13 @@ evaluate() {  # name, options...
   $cli -q evaluate --data "$data" --split validation --device cpu --out "$runs/$name" \
     --overwrite "$@"
 }
-evaluate full --rules weighted
+evaluate full --preset full --rules weighted
 evaluate heart-16 --rules weighted --heart-margin 16
 evaluate fast-linknet --rules mean --members linknet25d-mnv2 $best \
   --heart-margin 16 --heart-locator linknet25d-mnv2
 evaluate fast-unet --rules mean --members unet25d-mnv2 $best \
   --heart-margin 16 --heart-locator unet25d-mnv2
-evaluate best-tta --members $best --tta
+evaluate best-tta --preset full --members $best --tta
 {
   echo "# Preset candidates on the validation split"
   echo

@@ -124,14 +124,7 @@ def load_ensemble(args: argparse.Namespace):
     note = read_manifest(folder).note
     if note and getattr(args, "verbose", False):
         print(f"note: {note}")
-    steps = f" + {'+'.join(ensemble.postprocess)}" if ensemble.postprocess else ""
-    region = "" if ensemble.heart_margin is None else \
-        f" | heart region: {ensemble.locator_name}" \
-        f"{' (locates only)' if ensemble.locator is not None else ''} + {ensemble.heart_margin} px"
-    preset = f"preset {ensemble.preset} | " if ensemble.preset else ""
-    say(args, f"ensemble: {preset}{', '.join(ensemble.names)} | fusion {ensemble.fusion}{steps} | "
-              f"device {ensemble.device} ({ensemble.backend})"
-              f"{' | flip TTA' if ensemble.tta else ''}{region}")
+    say(args, f"ensemble: {ensemble.settings_line}")
     return ensemble
 
 

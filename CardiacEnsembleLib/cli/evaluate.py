@@ -16,6 +16,8 @@ from CardiacEnsembleLib.core.errors import CaseError
 from CardiacEnsembleLib.core.options import FUSION_RULES
 
 SPLITS = ("train", "validation", "test")
+#: How summary.md's line naming the ensemble begins (`settings_line` follows).
+SUMMARY_ENSEMBLE = "Ensemble: "
 
 
 def register(commands) -> None:
@@ -91,17 +93,18 @@ def run_evaluation(args: argparse.Namespace, patients: Sequence) -> tuple:
     written = {"overwrite": args.overwrite, "protected": evaluation_inputs(patients)}
     write_scores_csv(result, outputs.scores, **written)
     write_clinical_csv(result, outputs.clinical, **written)
-    write_text_atomic(outputs.summary, summary_markdown(table, patients, ensemble.device),
+    write_text_atomic(outputs.summary, summary_markdown(table, patients, ensemble),
                       **written)
     print(table)
     print(f"wrote {outputs.scores}, {outputs.clinical}, {outputs.summary}")
     return ensemble, result
 
 
-def summary_markdown(table: str, patients: Sequence, device) -> str:
-    """summary.md: which patients, what the columns mean, the table."""
+def summary_markdown(table: str, patients: Sequence, ensemble) -> str:
+    """summary.md: which patients, which ensemble, what the columns mean, the table."""
     names = ", ".join(p.patient_id for p in patients)
     return (f"# Evaluation on {len(patients)} patient(s), ED and ES\n\nPatients: {names}\n\n"
+            f"{SUMMARY_ENSEMBLE}{ensemble.settings_line}\n\n"
             f"Dice and HD95 per structure (mean ± sd over frames), LV/RV ejection-fraction "
             f"absolute error (percentage points, mean ± sd over patients), median seconds per "
-            f"frame on {device}.\n\n{table}\n")
+            f"frame on {ensemble.device}.\n\n{table}\n")

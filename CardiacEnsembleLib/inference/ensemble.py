@@ -161,6 +161,19 @@ class Ensemble:
                                          progress, cancel, timings, regions)
 
     @property
+    def settings_line(self) -> str:
+        """What runs, in one line (preset, members, rule and clean-up, device and backend, TTA,
+        heart region), so a log or a report says what made its numbers."""
+        steps = f" + {'+'.join(self.postprocess)}" if self.postprocess else ""
+        region = "" if self.heart_margin is None else \
+            f" | heart region: {self.locator_name}" \
+            f"{' (locates only)' if self.locator is not None else ''} + {self.heart_margin} px"
+        preset = f"preset {self.preset} | " if self.preset else ""
+        return (f"{preset}{', '.join(self.names)} | fusion {self.fusion}{steps} | "
+                f"device {self.device} ({self.backend}){' | flip TTA' if self.tta else ''}"
+                f"{region}")
+
+    @property
     def locator_name(self) -> str:
         """The network that locates the heart under `heart_margin`."""
         return self.locator.name if self.locator is not None else \

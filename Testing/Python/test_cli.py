@@ -540,3 +540,12 @@ def test_the_runtime_never_imports_the_workbench_by_name():
                  if re.match(r"\s*(from|import)\s+CardiacEnsembleDev\b", line)]
     assert importing == []
 
+
+def test_evaluate_summary_names_the_ensemble_that_made_its_numbers(evaluation_run,
+                                                                  untrained_models):
+    _, _, out = evaluation_run
+    lines = [line for line in (out / "summary.md").read_text().splitlines()
+             if line.startswith("Ensemble: ")]
+    expected = load_ensemble(untrained_models, device="cpu").settings_line
+    assert lines == [f"Ensemble: {expected}"]
+    assert "unet-mnv2, linknet-mnv2, fpn-mnv2 | fusion" in lines[0]

@@ -140,3 +140,33 @@ def test_a_locator_outside_the_members_only_finds_the_box(patient_dir, tmp_path)
     assert np.count_nonzero(fast.labels) > 1000
     np.testing.assert_array_equal(fast.members[0].labels, pair.members[1].labels)
     assert fast.timings["locate"] > 0 and "locate" not in pair.timings
+
+
+@pytest.mark.parametrize("ran", ["balanced", "full"])
+def test_the_presets_record_refuses_a_run_made_with_another_heart_region(preset_models,
+                                                                          tmp_path, ran):
+    """release.presets reads each preset's Dice from its validation run: a run left to the
+    default preset (heart region on) must not be recorded as the full grid's, nor the reverse."""
+    from CardiacEnsembleDev.release.presets import CANDIDATES, check_region
+    from CardiacEnsembleLib.cli.evaluate import summary_markdown
+
+    ensemble = load_ensemble(preset_models, device="cpu", preset=ran)
+    full = next(c for c in CANDIDATES if c.label == "full")
+    balanced = next(c for c in CANDIDATES if c.label == "balanced")
+    for candidate in (full, balanced):
+        (tmp_path / candidate.run).mkdir()
+        (tmp_path / candidate.run / "summary.md").write_text(
+            summary_markdown("| method |", [], ensemble))
+    right, wrong = (full, balanced) if ran == "full" else (balanced, full)
+    check_region(tmp_path, right)
+    with pytest.raises(SystemExit, match=rf"{wrong.run}/summary.md: ran heart margin"):
+        check_region(tmp_path, wrong)
+
+
+def test_the_presets_record_refuses_a_run_that_does_not_say_what_ran(tmp_path):
+    from CardiacEnsembleDev.release.presets import CANDIDATES, check_region
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "summary.md").write_text("# Evaluation on 20 patient(s)\n")
+    with pytest.raises(SystemExit, match="full/summary.md: no 'Ensemble: ' line"):
+        check_region(tmp_path, next(c for c in CANDIDATES if c.label == "full"))
