@@ -364,15 +364,16 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     for entry, spec in zip(entries, specs):
         folder = manifest.models_dir / entry.folder
         member = _loaded_member(folder, spec, torch_device, chosen, optimize)
-        chosen = Backend.ONNXRUNTIME if isinstance(member.network, OnnxNetwork) else \
-            Backend.TORCH
+        if chosen == Backend.AUTO and not isinstance(member.network, OnnxNetwork):
+            chosen = Backend.TORCH  # its cause (no onnx, no cache folder) holds for the rest
         loaded.append(member)
     locator = None if locator_entry is None else _loaded_member(
         manifest.models_dir / locator_entry.folder, locator_spec, torch_device, chosen, optimize)
     return Ensemble(loaded, rule, weights, bool(tta), torch_device, manifest.description, steps,
                     heart_margin=heart_margin,
                     heart_locator=heart_locator or best_validated(entries),
-                    locator=locator, backend=chosen.value, preset=settings.preset,
+                    locator=locator, backend=backends_of(loaded + [locator]),
+                    preset=settings.preset,
                     quality_control=dict(manifest.quality_control))
 
 
@@ -462,6 +463,14 @@ def _loaded_member(folder: Path, spec: MemberSpec, device: torch.device, backend
     if optimize:
         optimize_for_inference(member.network)
     return member
+
+
+def backends_of(members: Sequence[Optional[Member]]) -> str:
+    """What runs the networks, as the log names it: "onnxruntime", "torch", or both joined by
+    "+" when a member fell back to torch under AUTO after others had their export."""
+    kinds = [Backend.ONNXRUNTIME.value if isinstance(member.network, OnnxNetwork) else
+             Backend.TORCH.value for member in members if member is not None]
+    return "+".join(dict.fromkeys(kinds))
 
 
 def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:

@@ -123,6 +123,34 @@ def test_an_unwritable_cache_falls_back_to_torch_under_auto_and_is_refused_when_
         load_ensemble(untrained_models, device="cpu", backend="onnxruntime")
 
 
+def test_one_member_whose_export_fails_runs_with_torch_under_auto_beside_the_others(
+        untrained_models, frames, tmp_path, monkeypatch, caplog):
+    """A disk that fills while the second member is exported: under AUTO that member (and the
+    ones after it) run with torch, the first keeps its export, the log names both backends, and
+    the labels are torch's; asked for onnxruntime, the same failure is one clear error."""
+    monkeypatch.setenv(onnx_runtime.CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    export = onnx_runtime.cached_export
+
+    def disk_full_for_the_second(folder, spec, origin, cache):
+        if spec.name == "linknet-mnv2":
+            raise OSError(28, "No space left on device")
+        return export(folder, spec, origin, cache)
+
+    monkeypatch.setattr(onnx_runtime, "cached_export", disk_full_for_the_second)
+    with caplog.at_level(logging.WARNING):
+        mixed = load_ensemble(untrained_models, device="cpu")
+    kinds = [isinstance(m.network, onnx_runtime.OnnxNetwork) for m in mixed.members]
+    assert kinds == [True, False, False]
+    assert mixed.backend == "onnxruntime+torch"
+    assert "(onnxruntime+torch)" in mixed.settings_line
+    assert "running linknet-mnv2 with torch: [Errno 28] No space left" in caplog.text
+    reference = load_ensemble(untrained_models, device="cpu", backend="torch")
+    np.testing.assert_array_equal(mixed.predict(frames[0]).labels,
+                                  reference.predict(frames[0]).labels)
+    with pytest.raises(MemberError, match="cannot cache the ONNX export of 'linknet-mnv2'"):
+        load_ensemble(untrained_models, device="cpu", backend="onnxruntime")
+
+
 def test_onnxruntime_on_a_gpu_is_refused_and_auto_keeps_torch_there():
     with pytest.raises(DeviceError, match="CPU only"):
         _chosen_backend(Backend.ONNXRUNTIME, torch.device("cuda"))
