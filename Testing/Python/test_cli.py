@@ -335,6 +335,20 @@ def test_progress_bar_times_from_its_start_not_from_the_first_report():
     assert " slice/s" in shown.getvalue()
 
 
+def test_progress_bar_written_to_a_log_ends_on_its_final_count():
+    """Throttled refreshes (mininterval) leave 9/12 as the last line a log shows unless the bar
+    is kept at the end; a StringIO is no terminal, as a batch job's log is not."""
+    from CardiacEnsembleLib.cli.common import ProgressBar
+
+    bar = ProgressBar("cine", unit="frame")
+    with contextlib.redirect_stderr(io.StringIO()) as shown:
+        for done in range(1, 13):
+            bar(done, 12, "")
+        bar.close()
+    last = [line for line in shown.getvalue().replace("\r", "\n").splitlines() if line.strip()]
+    assert "12/12 frame" in last[-1] and "100%" in last[-1], shown.getvalue()
+
+
 def bar_rate(text: str) -> float:
     """The last rate a tqdm bar printed (`0.70 slice/s` or `1.43s/ slice` inverted)."""
     rate = re.findall(r"([0-9.]+) ?slice/s", text)
