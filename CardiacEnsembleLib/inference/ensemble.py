@@ -90,7 +90,6 @@ class Ensemble:
     # a network that only locates the heart, outside `members` (no vote): a cheap member
     # finding the box lets even the best member run on the box alone (the fast preset)
     locator: Optional[Member] = None
-    backend: str = "torch"  # what runs the networks (`load_ensemble`'s choice, for the record)
     preset: Optional[str] = None  # the manifest preset it was loaded as, if any
     # the manifest's validated QC thresholds per score (`core.quality`); empty: flag nothing
     quality_control: dict = field(default_factory=dict)
@@ -159,6 +158,16 @@ class Ensemble:
         """(M, C, Z, Y, X) float32 probabilities on the case grid, and seconds per member."""
         return self.volume_probabilities(torch.from_numpy(case.image), case.spacing_zyx,
                                          progress, cancel, timings, regions)
+
+    @property
+    def backend(self) -> str:
+        """What runs the networks, read off the members (and locator) themselves, so a subset
+        says what it runs: "onnxruntime", "torch", or both joined by "+" when a member fell back
+        to torch under AUTO after others had their export."""
+        kinds = [Backend.ONNXRUNTIME.value if isinstance(member.network, OnnxNetwork) else
+                 Backend.TORCH.value for member in [*self.members, self.locator]
+                 if member is not None]
+        return "+".join(dict.fromkeys(kinds))
 
     @property
     def settings_line(self) -> str:
@@ -372,8 +381,7 @@ def load_ensemble(models_dir: Path | str = DEFAULT_MODELS_DIR, *,
     return Ensemble(loaded, rule, weights, bool(tta), torch_device, manifest.description, steps,
                     heart_margin=heart_margin,
                     heart_locator=heart_locator or best_validated(entries),
-                    locator=locator, backend=backends_of(loaded + [locator]),
-                    preset=settings.preset,
+                    locator=locator, preset=settings.preset,
                     quality_control=dict(manifest.quality_control))
 
 
@@ -463,14 +471,6 @@ def _loaded_member(folder: Path, spec: MemberSpec, device: torch.device, backend
     if optimize:
         optimize_for_inference(member.network)
     return member
-
-
-def backends_of(members: Sequence[Optional[Member]]) -> str:
-    """What runs the networks, as the log names it: "onnxruntime", "torch", or both joined by
-    "+" when a member fell back to torch under AUTO after others had their export."""
-    kinds = [Backend.ONNXRUNTIME.value if isinstance(member.network, OnnxNetwork) else
-             Backend.TORCH.value for member in members if member is not None]
-    return "+".join(dict.fromkeys(kinds))
 
 
 def _chosen_entries(manifest: Manifest, members: Optional[Sequence[str]]) -> list:
